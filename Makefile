@@ -1,0 +1,33 @@
+# The two commands of README.md. Everything else is a means to them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.txloom-installed
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## make run: start txloom's all-in-one node on embedded defaults (data under ./var)
+run: $(STAMP)
+	mkdir -p var
+	$(BIN)/twistd --nodaemon --pidfile= txloom --data var
+
+## make test: lint, then the whole suite
+test: $(STAMP)
+	$(BIN)/ruff check src tests bench twisted
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench twisted
+	$(BIN)/ruff format --check src tests bench twisted
+
+bench: $(STAMP)
+	for b in bench/*_bench.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .hypothesis twisted/plugins/dropin.cache
