@@ -74,3 +74,44 @@ async def call(
         return await channel.rx.read_all()
     finally:
         service.close()
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` on the reactor until it holds; fail after ``timeout`` seconds."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+class LogCapture:
+    """Collects log events (as dicts) while active; use as a context manager."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def __enter__(self) -> LogCapture:
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.removeObserver(self)
+
+    def matching(self, **fields: Any) -> list[dict[str, Any]]:
+        return [e for e in self.events if all(e.get(k) == v for k, v in fields.items())]
+
+    def texts(self) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in self.events]

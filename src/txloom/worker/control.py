@@ -69,8 +69,8 @@ class WorkerControl:
         self.spawned_at = self.clock.seconds()
         self.last_seen = self.spawned_at
         self.idle_since = self.spawned_at
-        #: What in-flight sessions are told if the worker ends now.
-        self.end_error = (errors.WORKER_LOST, "worker has been lost")
+        #: What in-flight sessions are told when the engine ends the worker on purpose.
+        self.end_error: tuple[int, str] | None = None
         self.handshaken = False
         self._handshake_timer: IDelayedCall | None = self.clock.callLater(
             self.profile.handshake_timeout, self._handshake_overdue
@@ -184,7 +184,9 @@ class WorkerControl:
             self.state = TERMINATING
             self.pool.worker_leaving(self)
             self.kill()
-        self._fail_sessions()
+        if self.process is None:
+            self._fail_sessions()
+        # otherwise the sessions fail when the process has ended, with how it ended
 
     def process_ended(self, exit_code: int | None, sig: int | None) -> None:
         self.ended(f"killed by signal {sig}" if sig else f"exited with code {exit_code}")
@@ -195,8 +197,9 @@ class WorkerControl:
         self.state = GONE
         for name in ("_handshake_timer", "_heartbeat_timer", "_idle_timer", "_kill_timer"):
             self._cancel(name)
-        if was == ACTIVE:
+        if self.end_error is None:
             self.end_error = (errors.WORKER_LOST, f"worker has been lost ({how})")
+        if was == ACTIVE or (self.handshaken and self.end_error[0] == errors.WORKER_LOST):
             self.log.warn("{app}: worker {uuid} {how}", app=self.app, uuid=self.uuid, how=how)
         else:
             self.log.info("{app}: worker {uuid} {how}", app=self.app, uuid=self.uuid, how=how)
@@ -252,7 +255,7 @@ class WorkerControl:
     def _fail_sessions(self) -> None:
         if not self.sessions:
             return
-        code, reason = self.end_error
+        code, reason = self.end_error or (errors.WORKER_LOST, "worker has been lost")
         for session in list(self.sessions.values()):
             session.fail(errors.ENGINE, code, reason)
         self.sessions.clear()

@@ -92,9 +92,11 @@ async def log(request: Request, response: Response) -> None:
 
 
 @worker.on("exit")
-def leave(request: Request, response: Response) -> None:
+async def leave(request: Request, response: Response) -> None:
+    """Exits with code 3 in the middle of the session."""
     response.write(b"bye")
     reactor.callLater(0.05, os._exit, 3)
+    await Deferred()
 
 
 if __name__ == "__main__":
