@@ -10,6 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+
+from txloom.wire.cocaine import Decoder, Message, encode
 from txloom.worker.client import Service, connect
 from txloom.worker.host import WorkerHost
 
@@ -46,7 +50,9 @@ def write_app(apps: Path, name: str, command: list[str] | None = None, **fields:
     return path
 
 
-def start_host(root: Path, apps: dict[str, dict[str, Any]], http: bool = False) -> WorkerHost:
+def start_host(
+    root: Path, apps: dict[str, dict[str, Any]], http: bool = False, **options: Any
+) -> WorkerHost:
     """A started in-process host on ephemeral ports serving ``apps`` (name -> fields)."""
     (root / "apps").mkdir(exist_ok=True)
     for name, fields in apps.items():
@@ -56,6 +62,7 @@ def start_host(root: Path, apps: dict[str, dict[str, Any]], http: bool = False) 
         root / "run",
         locator="tcp:0:interface=127.0.0.1",
         http="tcp:0:interface=127.0.0.1" if http else None,
+        **options,
     )
     host.startService()
     return host
@@ -115,3 +122,102 @@ class LogCapture:
         from twisted.logger import formatEvent
 
         return [formatEvent(e) for e in self.events]
+
+
+class RawPeer(Protocol):
+    """A raw Cocaine-protocol peer for tests: sends bytes, collects decoded messages."""
+
+    def __init__(self) -> None:
+        self.decoder = Decoder()
+        self.messages: list[Message] = []
+        self.closed: Deferred[None] = Deferred()
+        self._waiting: list[tuple[int, Deferred[list[Message]]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.messages.extend(self.decoder.receive_data(data))
+        for n, d in list(self._waiting):
+            if len(self.messages) >= n:
+                self._waiting.remove((n, d))
+                d.callback(self.messages[:n])
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.closed.callback(None)
+
+    def send(self, *message: Any) -> None:
+        self.transport.write(encode(*message))
+
+    def wait_messages(self, n: int, timeout: float = 10.0) -> Deferred[list[Message]]:
+        """Fires with the first ``n`` messages once they have arrived."""
+        from twisted.internet import reactor
+
+        d: Deferred[list[Message]] = Deferred()
+        if len(self.messages) >= n:
+            d.callback(self.messages[:n])
+        else:
+            self._waiting.append((n, d))
+        return d.addTimeout(timeout, reactor)
+
+
+async def raw_connect(address: tuple[str, int] | str) -> RawPeer:
+    """A ``RawPeer`` connected to a TCP address or a Unix socket path."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
+
+    if isinstance(address, str):
+        endpoint = UNIXClientEndpoint(reactor, address)
+    else:
+        endpoint = TCP4ClientEndpoint(reactor, *address)
+    return await connectProtocol(endpoint, RawPeer())
+
+
+class WorkerChild(ProcessProtocol):
+    """A worker process started by a test (stdout and stderr kept, exit code reported)."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[int | None] = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        self.output += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+def spawn_worker(script: Path, args: list[str], env: dict[str, str] | None = None) -> WorkerChild:
+    import os
+    import sys
+
+    from twisted.internet import reactor
+
+    child = WorkerChild()
+    reactor.spawnProcess(
+        child,
+        sys.executable,
+        [sys.executable, str(script), *args],
+        env={**os.environ, **(env or {})},
+    )
+    return child
+
+
+class FakeEngine(Factory):
+    """Accepts one worker on a Unix socket and hands its connection to the test."""
+
+    noisy = False
+
+    def __init__(self) -> None:
+        self.connected: Deferred[RawPeer] = Deferred()
+
+    def buildProtocol(self, addr: Any) -> RawPeer:
+        peer = RawPeer()
+        peer.factory = self
+
+        original = peer.connectionMade
+
+        def made() -> None:
+            original()
+            if not self.connected.called:
+                self.connected.callback(peer)
+
+        peer.connectionMade = made  # type: ignore[method-assign]
+        return peer

@@ -16,7 +16,7 @@ from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
 from txloom.interfaces import IReplyChannel, IService, IUpstream
-from txloom.wire.cocaine import CHOKE, CHUNK, ERROR, Message
+from txloom.wire.cocaine import CHOKE, CHUNK, DEFAULT_MAX_MESSAGE_SIZE, ERROR, Message
 from txloom.worker import errors
 from txloom.worker.connection import MessageConnection
 
@@ -227,10 +227,12 @@ class ServiceFactory(Factory):
 
     noisy = False
 
-    def __init__(self, service: IService) -> None:
+    def __init__(self, service: IService, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.service = service
+        self.max_message_size = max_message_size
 
     def buildProtocol(self, addr: Any) -> ServiceConnection:
         connection = ServiceConnection(self.service)
         connection.factory = self
+        connection.max_message_size = self.max_message_size
         return connection

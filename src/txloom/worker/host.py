@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txloom.interfaces import IService, IWorkerLauncher
+from txloom.wire.cocaine import DEFAULT_MAX_MESSAGE_SIZE
 from txloom.worker.app_service import AppService
 from txloom.worker.connection import default_reactor
 from txloom.worker.control import WorkerConnection
@@ -88,6 +89,7 @@ class WorkerHost(MultiService):
         http: str | None = None,
         service_host: str = DEFAULT_SERVICE_HOST,
         verbosity: int = DEFAULT_VERBOSITY,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         reactor: Any = None,
         launcher: IWorkerLauncher | None = None,
     ) -> None:
@@ -98,6 +100,8 @@ class WorkerHost(MultiService):
         self.locator_description = locator
         self.http_description = http
         self.service_host = service_host
+        #: Largest message accepted from a client of any service.
+        self.max_message_size = max_message_size
         self.launcher = launcher or ProcessLauncher(self.reactor)
         self.locator = Locator()
         self.logging = LoggingService(verbosity)
@@ -130,7 +134,7 @@ class WorkerHost(MultiService):
             self.log.error("skipping app: {problem}", problem=str(problem))
         port = listen_now(
             serverFromString(self.reactor, self.locator_description).listen(
-                ServiceFactory(self.locator)
+                ServiceFactory(self.locator, self.max_message_size)
             )
         )
         self._ports.append(port)
@@ -165,7 +169,8 @@ class WorkerHost(MultiService):
         )
 
     def _serve(self, service: IService) -> None:
-        port = self.reactor.listenTCP(0, ServiceFactory(service), interface=self.service_host)
+        factory = ServiceFactory(service, self.max_message_size)
+        port = self.reactor.listenTCP(0, factory, interface=self.service_host)
         self._ports.append(port)
         self.published[service.name] = service
         self.locator.register(service, [address_text(port)])

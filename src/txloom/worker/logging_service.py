@@ -27,6 +27,11 @@ EMIT = 0
 VERBOSITY = 1
 SET_VERBOSITY = 2
 
+#: Apps' lines are logged under this namespace (a module-level logger: as a class
+#: attribute a Logger takes the class's name instead).
+APP_LOG_NAMESPACE = "txloom.worker.apps"
+_app_log = Logger(namespace=APP_LOG_NAMESPACE)
+
 LEVELS = {DEBUG: LogLevel.debug, INFO: LogLevel.info, WARNING: LogLevel.warn, ERROR: LogLevel.error}
 
 
@@ -36,7 +41,7 @@ def _text(value: Any) -> str:
 
 @implementer(IService)
 class LoggingService:
-    log = Logger(namespace="txloom.worker.apps")
+    log = Logger()
     name = "logging"
     version = LOGGING_VERSION
     graph = {
@@ -52,7 +57,7 @@ class LoggingService:
         if priority < self.verbosity:
             return
         app = source[4:] if source.startswith("app/") else source
-        self.log.emit(
+        _app_log.emit(
             LEVELS.get(priority, LogLevel.error if priority > ERROR else LogLevel.debug),
             "[{app} {uuid}] {source}: {message}",
             app=app,

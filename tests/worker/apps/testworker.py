@@ -91,6 +91,16 @@ async def log(request: Request, response: Response) -> None:
     response.write(str(level))
 
 
+@worker.on("headers")
+def headers(request: Request, response: Response) -> None:
+    """The invoke's header entries, as the worker received them."""
+    for entry in request.headers:
+        if isinstance(entry, int):
+            response.write(b"#%d" % entry)
+        else:
+            response.write(entry.name + b"=" + entry.value.hex().encode())
+
+
 @worker.on("exit")
 async def leave(request: Request, response: Response) -> None:
     """Exits with code 3 in the middle of the session."""
