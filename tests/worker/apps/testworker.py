@@ -101,6 +101,19 @@ def headers(request: Request, response: Response) -> None:
             response.write(entry.name + b"=" + entry.value.hex().encode())
 
 
+@worker.on("silent")
+async def silent(request: Request, response: Response) -> None:
+    """Never answers."""
+    await Deferred()
+
+
+@worker.on("vanish")
+async def vanish(request: Request, response: Response) -> None:
+    """Exits with code 3 before answering anything."""
+    reactor.callLater(0.05, os._exit, 3)
+    await Deferred()
+
+
 @worker.on("exit")
 async def leave(request: Request, response: Response) -> None:
     """Exits with code 3 in the middle of the session."""
