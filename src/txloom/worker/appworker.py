@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -226,7 +227,13 @@ class Worker:
             if reactor.running:
                 reactor.stop()
 
-        reactor.callWhenRunning(lambda: self.start().addCallback(stop))
+        def begin() -> None:
+            # Ctrl-C in a terminal reaches the whole process group; the engine, not the
+            # terminal, decides when a worker stops (it sends terminate).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self.start().addCallback(stop)
+
+        reactor.callWhenRunning(begin)
         reactor.run()
         sys.stdout.flush()
         sys.exit(result[0] if result else EXIT_ENGINE_GONE)

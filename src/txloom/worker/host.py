@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.abstract import isIPv6Address
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -47,14 +47,14 @@ class HostError(Exception):
     """The host cannot start as configured (one readable line)."""
 
 
-def listen_now(deferred: Deferred[Any]) -> Any:
-    """The result of a listen that completes synchronously (TCP, UNIX); raise its error."""
+def listen_now(deferred: Deferred[Any], what: str) -> Any:
+    """The result of a listen that completes synchronously (TCP, UNIX); HostError if not."""
     result: list[Any] = []
     deferred.addBoth(result.append)
     if not result:
-        raise HostError("listening did not complete at once")
+        raise HostError(f"cannot listen on {what}: listening did not complete at once")
     if isinstance(result[0], Failure):
-        result[0].raiseException()
+        raise HostError(f"cannot listen on {what}: {result[0].getErrorMessage()}")
     return result[0]
 
 
@@ -135,7 +135,8 @@ class WorkerHost(MultiService):
         port = listen_now(
             serverFromString(self.reactor, self.locator_description).listen(
                 ServiceFactory(self.locator, self.max_message_size)
-            )
+            ),
+            f"{self.locator_description} (locator)",
         )
         self._ports.append(port)
         host, number = address_text(port)
@@ -152,7 +153,8 @@ class WorkerHost(MultiService):
         if self.http_description:
             self.http_front = HttpFront(self)
             port = listen_now(
-                serverFromString(self.reactor, self.http_description).listen(self.http_front.site)
+                serverFromString(self.reactor, self.http_description).listen(self.http_front.site),
+                f"{self.http_description} (HTTP front end)",
             )
             self._ports.append(port)
             self.http_address = address_text(port)
@@ -170,7 +172,10 @@ class WorkerHost(MultiService):
 
     def _serve(self, service: IService) -> None:
         factory = ServiceFactory(service, self.max_message_size)
-        port = self.reactor.listenTCP(0, factory, interface=self.service_host)
+        port = listen_now(
+            maybeDeferred(self.reactor.listenTCP, 0, factory, interface=self.service_host),
+            f"{self.service_host} ({service.name} service)",
+        )
         self._ports.append(port)
         self.published[service.name] = service
         self.locator.register(service, [address_text(port)])
@@ -194,7 +199,12 @@ class WorkerHost(MultiService):
         pool = WorkerPool(
             manifest, str(path), self.locator_spawn_address, self.launcher, self.reactor
         )
-        socket_port = self.reactor.listenUNIX(str(path), WorkerSocketFactory(pool), mode=0o600)
+        socket_port = listen_now(
+            maybeDeferred(
+                self.reactor.listenUNIX, str(path), WorkerSocketFactory(pool), mode=0o600
+            ),
+            str(path),
+        )
         self._ports.append(socket_port)
         pool.start()
         self.pools[manifest.name] = pool
