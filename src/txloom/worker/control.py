@@ -98,7 +98,7 @@ class WorkerControl:
 
     def spawned(self, process: Any) -> None:
         self.process = process
-        if self.state == GONE:  # stopped while the launcher was busy
+        if self.state != SPAWNING:  # terminated while the launcher was busy
             self.kill()
 
     def bind(self, connection: WorkerConnection) -> bool:

@@ -95,8 +95,9 @@ class WorkerHost(MultiService):
     ) -> None:
         super().__init__()
         self.reactor = reactor if reactor is not None else default_reactor()
-        self.apps_dir = Path(apps_dir)
-        self.runtime_dir = Path(runtime_dir)
+        self.apps_dir = Path(apps_dir).absolute()
+        # absolute: workers run in their app's directory, not in ours
+        self.runtime_dir = Path(runtime_dir).absolute()
         self.locator_description = locator
         self.http_description = http
         self.service_host = service_host
