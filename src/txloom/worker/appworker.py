@@ -335,7 +335,15 @@ class EngineConnection(MessageConnection):
                 response.close()
 
         def failed(failure: Failure) -> None:
-            self.log.failure("handler for {event!r} failed", failure, event=name)
+            if failure.value is request.error:
+                # the caller (or the engine for it) ended the request with an error
+                self.log.info(
+                    "{event!r} stopped by the caller: {error}",
+                    event=name,
+                    error=failure.getErrorMessage(),
+                )
+            else:
+                self.log.failure("handler for {event!r} failed", failure, event=name)
             if not response.closed and self.transport is not None:
                 error = failure.value
                 response.error(errors.UNCAUGHT_EXCEPTION, f"{type(error).__name__}: {error}")

@@ -132,13 +132,17 @@ class ServiceConnection(MessageConnection):
             self.last_channel = message.channel
             self._invoke(message)
         else:
-            self.log.info(
-                "{service}: {peer} sent type {mtype} on closed channel {channel}; dropped",
-                service=self.service.name,
-                peer=self.peer,
-                mtype=message.type,
-                channel=message.channel,
-            )
+            self._drop(message, "closed channel")
+
+    def _drop(self, message: Message, why: str) -> None:
+        self.log.info(
+            "{service}: dropped type {mtype} on channel {channel} from {peer}: {why}",
+            service=self.service.name,
+            peer=self.peer,
+            mtype=message.type,
+            why=why,
+            channel=message.channel,
+        )
 
     def _invoke(self, message: Message) -> None:
         method = self.service.graph.get(message.type)
@@ -178,25 +182,12 @@ class ServiceConnection(MessageConnection):
 
     def _upstream(self, message: Message, channel: _Channel) -> None:
         if not channel.protocol:
-            self.log.info(
-                "{service}: {peer} sent type {mtype} on channel {channel} after closing it; "
-                "dropped",
-                service=self.service.name,
-                peer=self.peer,
-                mtype=message.type,
-                channel=message.channel,
-            )
+            self._drop(message, "closed channel (the client had closed its side)")
             return
         try:
             channel.protocol = step(channel.protocol, message.type)
         except KeyError:
-            self.log.info(
-                "{service}: {peer} sent type {mtype} not allowed on channel {channel}; dropped",
-                service=self.service.name,
-                peer=self.peer,
-                mtype=message.type,
-                channel=message.channel,
-            )
+            self._drop(message, "type not allowed by the method's protocol")
             return
         if channel.upstream is not None:
             channel.upstream.message(message.type, message.args)

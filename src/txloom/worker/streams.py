@@ -35,6 +35,11 @@ class ChunkStream:
         """True once the sender has closed or failed the stream (items may still be unread)."""
         return self._end is not None
 
+    @property
+    def error(self) -> BaseException | None:
+        """The error the sender ended the stream with, if it did."""
+        return self._end if isinstance(self._end, BaseException) else None
+
     # -- sender side ----------------------------------------------------------------------
 
     def push(self, item: Any) -> None:
