@@ -8,11 +8,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
+from zope.interface import verify
 
 from support.workerhost import short_tmpdir, start_host
+from txloom.interfaces import IAddressResolver
 from txloom.worker import errors
 from txloom.worker.app_service import AppService
-from txloom.worker.client import Service, as_text, connect
+from txloom.worker.client import LocatorAddressResolver, Service, as_text, connect
 from txloom.worker.host import WorkerHost
 
 
@@ -109,3 +111,13 @@ def test_as_text() -> None:
     assert errors.ServiceError.from_wire([[3, 1], b"queue is full"]).__class__ is errors.QueueFull
     odd = errors.ServiceError.from_wire([b"garbage"])
     assert (odd.category, odd.code) == (errors.DISPATCH, errors.BAD_ARGUMENTS)
+
+
+@pytest_twisted.ensureDeferred
+async def test_locator_as_address_resolver(host: WorkerHost) -> None:
+    resolver = LocatorAddressResolver(host.locator_address)
+    verify.verifyObject(IAddressResolver, resolver)
+    [endpoint] = await resolver.resolve("cli")
+    port = host.locator.resolve("cli")[0][0][1]
+    assert endpoint == f"tcp:host=127.0.0.1:port={port}"
+    assert await resolver.resolve("nothing-here") == []

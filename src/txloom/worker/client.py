@@ -25,9 +25,15 @@ from typing import Any
 
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    quoteStringArgument,
+)
 from twisted.internet.protocol import Factory
+from zope.interface import implementer
 
+from txloom.interfaces import IAddressResolver
 from txloom.wire.cocaine import Header, HeaderEntry, Message
 from txloom.worker import errors
 from txloom.worker.appworker import parse_locator
@@ -46,6 +52,7 @@ from txloom.worker.streams import ChunkStream
 
 __all__ = [
     "Channel",
+    "LocatorAddressResolver",
     "LocatorClient",
     "LoggerClient",
     "Service",
@@ -370,3 +377,37 @@ class LoggerClient:
 
     def close(self) -> None:
         self.service.close()
+
+
+def _endpoint_string(host: str, port: int) -> str:
+    kind = "tcp6" if isIPv6Address(host) else "tcp"
+    return f"{kind}:host={quoteStringArgument(host)}:port={port}"
+
+
+@implementer(IAddressResolver)
+class LocatorAddressResolver:
+    """A Locator as an ``IAddressResolver``: service name -> client endpoint strings.
+
+    Lets other parts of txloom (nested streams, for one) find services the worker host
+    publishes. An unknown name resolves to an empty list.
+    """
+
+    def __init__(
+        self, locator: str | Address = ("127.0.0.1", DEFAULT_LOCATOR_PORT), reactor: Any = None
+    ) -> None:
+        self.locator = _address(locator)
+        self._reactor = reactor
+
+    def resolve(self, address: str) -> Deferred[list[str]]:
+        async def run() -> list[str]:
+            client = LocatorClient(self.locator, self._reactor)
+            await client.connect()
+            try:
+                endpoints, _version, _graph = await client.resolve(address)
+            except errors.ServiceNotAvailable:
+                return []
+            finally:
+                client.close()
+            return [_endpoint_string(host, port) for host, port in endpoints]
+
+        return Deferred.fromCoroutine(run())
