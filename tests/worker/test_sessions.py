@@ -135,3 +135,28 @@ async def test_many_concurrent_sessions_share_workers(host: WorkerHost) -> None:
     finally:
         service.close()
     assert replies == [b"%d" % i for i in range(60)]
+
+
+def test_second_host_on_the_same_runtime_directory_is_refused(host: WorkerHost) -> None:
+    from txloom.worker.host import HostError
+
+    second = WorkerHost(host.apps_dir, host.runtime_dir, locator="tcp:0:interface=127.0.0.1")
+    with pytest.raises(HostError, match="in use by another running host"):
+        second.startService()
+    assert not second._ports  # everything it had opened is closed again
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_socket_of_a_dead_host_is_replaced() -> None:
+    import socket
+
+    with short_tmpdir() as root:
+        (root / "run").mkdir()
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(root / "run" / "test.sock"))
+        stale.close()  # the file stays, nobody listens
+        host = start_host(root, {"test": {}})
+        try:
+            assert await call(host, "test", "ping") == b"pong"
+        finally:
+            await host.stopService()

@@ -11,6 +11,7 @@ sockets.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -233,8 +234,17 @@ class WorkerHost(MultiService):
 
 
 def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket left by a host that died; refuse to steal one a live host uses."""
     try:
-        if stat.S_ISSOCK(path.lstat().st_mode):
-            path.unlink()
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            return
     except FileNotFoundError:
-        pass
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink(missing_ok=True)  # nobody listens: stale
+            return
+    raise HostError(f"{path} is in use by another running host; choose another --runtime")
