@@ -34,6 +34,7 @@ def test_profile_overrides_and_backoff() -> None:
     ("values", "message"),
     [
         ({"pool-limit": 0}, "pool-limit must be positive"),
+        ({"queue-limit": 0}, "queue-limit must be positive"),
         ({"pool-limit": 1.5}, "pool-limit must be an integer"),
         ({"heartbeat-timeout": "soon"}, "must be a number"),
         ({"concurrency": True}, "must be a number"),

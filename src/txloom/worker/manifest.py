@@ -154,9 +154,9 @@ def load_apps(directory: Path) -> tuple[list[AppManifest], list[ManifestError]]:
     apps: list[AppManifest] = []
     errors: list[ManifestError] = []
     seen: dict[str, str] = {}
-    suffixes = (".toml", ".json") if tomllib is not None else (".json",)
     for path in sorted(directory.iterdir()):
-        if path.suffix not in suffixes or not path.is_file():
+        # a .toml file on Python 3.10 is reported by load_manifest, not silently skipped
+        if path.suffix not in (".toml", ".json") or not path.is_file():
             continue
         try:
             app = load_manifest(path)

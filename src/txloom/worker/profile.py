@@ -70,7 +70,9 @@ class Profile:
                 raise ProfileError(f"{_dashed(field.name)} must be a number, not {value!r}")
             if field.type in ("int", "int | None") and not isinstance(value, int):
                 raise ProfileError(f"{_dashed(field.name)} must be an integer, not {value!r}")
-            minimum = 0 if field.name in ("idle_timeout", "queue_limit") else 1e-9
+            # idle-timeout 0 means "never"; a queue-limit of 0 would refuse the very call
+            # that has to wait for the first worker, so at least 1
+            minimum = 0 if field.name == "idle_timeout" else 1e-9
             if value < minimum:
                 raise ProfileError(f"{_dashed(field.name)} must be positive, not {value!r}")
 
