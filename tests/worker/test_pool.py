@@ -300,3 +300,14 @@ def test_unknown_uuid_and_non_handshake_are_dropped() -> None:
         connection.makeConnection(transport)
         connection.dataReceived(first)
         assert transport.disconnecting or transport.disconnected
+
+
+def test_data_sent_to_a_queued_session_is_bounded() -> None:
+    pool, _clock, _launcher = make_pool(max_message_size=1000)
+    reply = Recorder()
+    session = pool.enqueue(b"echo", (), reply)
+    assert session.write(b"x" * 600)
+    assert not session.write(b"x" * 600)
+    assert reply.end[:2] == (errors.ENGINE, errors.QUEUE_FULL)
+    assert "before a worker was free" in reply.end[2]
+    assert session.finished and not pool.queue

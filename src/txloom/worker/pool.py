@@ -121,6 +121,7 @@ class WorkerPool:
         """Start a session; failures (queue full, broken, stopping) reach ``downstream`` now."""
         session = Session(event, headers, downstream)
         session.on_finish = self._session_finished
+        session.pending_limit = self.profile.max_message_size
         if self.state not in (RUNNING, BROKEN):
             self.counters["rejected"] += 1
             session.fail(errors.ENGINE, errors.SHUTTING_DOWN, f"app {self.name} is not running")

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from txloom.worker.control import WorkerControl
 
 
+#: Default of ``Session.pending_limit`` (the pool sets its profile's max-message-size).
+DEFAULT_PENDING_LIMIT = 64 * 1024 * 1024
+
+
 @implementer(IUpstream)
 class Session:
     """A streaming call of one event on one worker (once the pool has found one)."""
@@ -34,6 +38,7 @@ class Session:
 
     __slots__ = (
         "_pending",
+        "_pending_bytes",
         "channel",
         "downstream",
         "downstream_open",
@@ -41,6 +46,7 @@ class Session:
         "finished",
         "headers",
         "on_finish",
+        "pending_limit",
         "timer",
         "upstream_open",
         "worker",
@@ -55,6 +61,9 @@ class Session:
         self.worker: WorkerControl | None = None
         self.channel = 0
         self._pending: list[tuple[int, list[Any]]] | None = []
+        self._pending_bytes = 0
+        #: Bytes of chunks a caller may send while the session waits for a worker.
+        self.pending_limit = DEFAULT_PENDING_LIMIT
         self.upstream_open = True
         self.downstream_open = True
         self.finished = False
@@ -75,6 +84,15 @@ class Session:
             self.upstream_open = False
         if self.worker is None:
             assert self._pending is not None
+            if mtype == CHUNK and args and isinstance(args[0], bytes):
+                self._pending_bytes += len(args[0])
+                if self._pending_bytes > self.pending_limit:
+                    self.fail(
+                        errors.ENGINE,
+                        errors.QUEUE_FULL,
+                        f"more than {self.pending_limit} bytes sent before a worker was free",
+                    )
+                    return False
             self._pending.append((mtype, args))
         else:
             self.worker.send(self.channel, mtype, args)
