@@ -44,6 +44,77 @@ class IRunnable(Interface):
 # =============================================================================================
 
 
+class IDownstream(Interface):
+    """The receiving end of a stream of replies: what a worker (or a service) sends back.
+
+    ``write`` may be called any number of times, then exactly one of ``error`` or ``close``
+    ends the stream; nothing is called after that. Calls never block and never raise to
+    the sender: a receiver that cannot keep up buffers or drops its own connection.
+    """
+
+    def write(chunk):  # type: ignore[misc]
+        """One chunk of the stream (``bytes``)."""
+
+    def error(category, code, reason):  # type: ignore[misc]
+        """The stream ends with an error ``[[category, code], reason]``."""
+
+    def close():  # type: ignore[misc]
+        """The stream ends normally."""
+
+
+class IReplyChannel(IDownstream):
+    """The server side of one channel of a service connection (see ``IService.invoke``)."""
+
+    def send(mtype, args):  # type: ignore[misc]
+        """Send any message type allowed by the method's downstream protocol."""
+
+    def value(*args):  # type: ignore[misc]
+        """The single reply of a primitive protocol (message type 0)."""
+
+
+class IUpstream(Interface):
+    """What a service gives back from ``invoke`` when the client may keep sending."""
+
+    def message(mtype, args):  # type: ignore[misc]
+        """A further message from the client on this channel (write/error/close...)."""
+
+    def cancel(reason):  # type: ignore[misc]
+        """The client's connection is gone; release what the channel holds."""
+
+
+class IService(Interface):
+    """Something the Locator can resolve: a named set of methods on its own listener.
+
+    ``graph`` maps method ids to ``(name, upstream, downstream)``, each protocol being a
+    dict ``{message_type: (name, next_protocol)}``, ``None`` for "the same protocol
+    continues" (recursive) or ``{}`` for "terminal".
+    """
+
+    name = Attribute("The name the Locator resolves (``locator``, ``logging``, an app name).")
+    version = Attribute("Protocol version reported by resolve (locator 3, app 1, logging 2).")
+    graph = Attribute("Method id -> (name, upstream protocol, downstream protocol).")
+
+    def invoke(method, args, headers, reply):  # type: ignore[misc]
+        """Start method ``method`` (an id in ``graph``) with ``args`` and header entries.
+
+        Replies go to ``reply`` (an ``IReplyChannel``), possibly later. Returns an
+        ``IUpstream`` if the method's upstream protocol is not terminal, else None. Must not
+        raise for bad arguments: answer with ``reply.error`` instead.
+        """
+
+
+class IWorkerLauncher(Interface):
+    """Starts worker processes for the engine (plain processes, containers, ...)."""
+
+    def launch(protocol, argv, env, cwd):  # type: ignore[misc]
+        """Start ``argv`` with ``env`` in ``cwd``, wired to the ``IProcessProtocol``.
+
+        Returns the ``IProcessTransport`` or a Deferred firing with it; the engine gives a
+        launch ``spawn-timeout`` seconds. A failure to start is reported by raising, failing
+        the Deferred or by the process ending before its handshake.
+        """
+
+
 # =============================================================================================
 # Reverse RPC (txloom.rpc) -- see docs/rpc.md once built
 # =============================================================================================

@@ -1,0 +1,66 @@
+"""The app service: one per running app, registered in the Locator under the app's name.
+
+``enqueue(event)`` opens a session on the app's pool (both directions stream);
+``info()`` reports pool and queue state; ``control`` is not implemented and says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import implementer
+
+from txloom.interfaces import IReplyChannel, IService, IUpstream
+from txloom.wire.cocaine import HeaderEntry
+from txloom.worker import errors
+from txloom.worker.dispatch import PRIMITIVE, STREAMING, TERMINAL
+from txloom.worker.pool import WorkerPool
+
+#: Version reported by the Locator for app services.
+APP_SERVICE_VERSION = 1
+
+ENQUEUE = 0
+INFO = 1
+CONTROL = 2
+
+
+class _Ignored:
+    """Upstream of a method that takes nothing more (``control``)."""
+
+    def message(self, mtype: int, args: list[Any]) -> None:
+        pass
+
+    def cancel(self, reason: str) -> None:
+        pass
+
+
+@implementer(IService)
+class AppService:
+    version = APP_SERVICE_VERSION
+    graph = {
+        ENQUEUE: ("enqueue", STREAMING, STREAMING),
+        INFO: ("info", TERMINAL, PRIMITIVE),
+        CONTROL: ("control", STREAMING, PRIMITIVE),
+    }
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.name = pool.name
+
+    def invoke(
+        self,
+        method: int,
+        args: list[Any],
+        headers: tuple[HeaderEntry, ...],
+        reply: IReplyChannel,
+    ) -> IUpstream | None:
+        if method == ENQUEUE:
+            if len(args) != 1 or not isinstance(args[0], bytes):
+                reply.error(errors.DISPATCH, errors.BAD_ARGUMENTS, "enqueue takes [event]")
+                return _Ignored()
+            return self.pool.enqueue(args[0], headers, reply)
+        if method == INFO:
+            reply.value(self.pool.info())
+            return None
+        reply.error(errors.DISPATCH, errors.NOT_IMPLEMENTED, "control is not implemented")
+        return _Ignored()

@@ -1,0 +1,86 @@
+"""The Twisted glue under every Cocaine-protocol connection: bytes to messages and back.
+
+Engine <-> worker sockets, service connections and client connections differ only in what
+they do with a message, so they all subclass ``MessageConnection`` and implement
+``messageReceived``. A peer that breaks the stream is logged and dropped; nobody else is
+affected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from txloom.wire.cocaine import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Decoder,
+    Encoder,
+    HeaderEntry,
+    Message,
+)
+from txloom.wire.errors import RemoteProtocolError
+
+
+def default_reactor() -> Any:
+    """The global reactor, imported only when first needed (importing installs it)."""
+    from twisted.internet import reactor  # noqa: PLC0415 - deliberately late
+
+    return reactor
+
+
+def describe_peer(transport: Any) -> str:
+    """``tcp:HOST:PORT`` / ``unix:PATH`` for logs; best effort."""
+    try:
+        peer = transport.getPeer()
+    except Exception:
+        return "?"
+    host = getattr(peer, "host", None)
+    if host is not None:
+        return f"tcp:{host}:{peer.port}"
+    name = getattr(peer, "name", None)
+    return f"unix:{name.decode() if isinstance(name, bytes) else name or '-'}"
+
+
+class MessageConnection(Protocol):
+    """A connection carrying the Cocaine message stream."""
+
+    log = Logger()
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: Set when the connection has been dropped for a protocol error (reason text).
+    protocol_error: str | None = None
+
+    def connectionMade(self) -> None:
+        self._decoder = Decoder(self.max_message_size)
+        self._encoder = Encoder()
+        self.peer = describe_peer(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            messages = self._decoder.receive_data(data)
+        except RemoteProtocolError as e:
+            self.protocol_error = str(e)
+            self.log.warn(
+                "{kind} {peer}: protocol error: {error}; dropping the connection",
+                kind=type(self).__name__,
+                peer=self.peer,
+                error=str(e),
+            )
+            self.transport.abortConnection()
+            return
+        for message in messages:
+            self.messageReceived(message)
+
+    def messageReceived(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def send(
+        self,
+        channel: int,
+        mtype: int,
+        args: Sequence[Any] = (),
+        headers: Sequence[HeaderEntry] | None = None,
+    ) -> None:
+        self.transport.write(self._encoder.encode(channel, mtype, args, headers))

@@ -1,0 +1,229 @@
+"""Serving an ``IService`` on a connection: channels, method graphs, replies.
+
+A client opens channels with ids larger than any before on its connection; the first
+message on a new channel invokes the method whose id is the message type. From then on
+each direction follows the method's protocol graph: a message type leads to the next
+protocol, to the same one (``None``, recursive) or to the end (``{}``, terminal). A channel
+is forgotten when both directions have ended. A message on a forgotten or never-opened
+channel is logged and dropped; it never takes the connection down.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.protocol import Factory
+from zope.interface import implementer
+
+from txloom.interfaces import IReplyChannel, IService, IUpstream
+from txloom.wire.cocaine import CHOKE, CHUNK, DEFAULT_MAX_MESSAGE_SIZE, ERROR, Message
+from txloom.worker import errors
+from txloom.worker.connection import MessageConnection
+
+#: A protocol: message type -> (name, next protocol); None = recursive, {} = terminal.
+Protocol = dict[int, tuple[str, Any]]
+
+TERMINAL: Protocol = {}
+PRIMITIVE: Protocol = {0: ("value", TERMINAL), 1: ("error", TERMINAL)}
+STREAMING: Protocol = {0: ("write", None), 1: ("error", TERMINAL), 2: ("close", TERMINAL)}
+
+#: Channels one client may hold open on one connection.
+MAX_OPEN_CHANNELS = 10_000
+
+
+def graph_to_wire(graph: dict[int, tuple[str, Protocol | None, Protocol | None]]) -> dict:
+    """The ``graph`` of a resolve reply: ``{id: [name, upstream, downstream]}``."""
+
+    def proto(p: Protocol | None) -> Any:
+        if p is None:
+            return None
+        return {mtype: [name, proto(nxt)] for mtype, (name, nxt) in p.items()}
+
+    return {mid: [name, proto(up), proto(down)] for mid, (name, up, down) in graph.items()}
+
+
+def graph_from_wire(raw: Any) -> dict[int, tuple[str, Any, Any]]:
+    """The inverse of ``graph_to_wire`` for a graph received from a Locator."""
+
+    def proto(p: Any) -> Any:
+        if p is None:
+            return None
+        if not isinstance(p, dict):
+            raise ValueError(f"bad protocol {p!r:.60}")
+        return {int(k): (_text(v[0]), proto(v[1])) for k, v in p.items()}
+
+    if not isinstance(raw, dict):
+        raise ValueError("graph is not a map")
+    return {int(k): (_text(v[0]), proto(v[1]), proto(v[2])) for k, v in raw.items()}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def step(current: Protocol, mtype: int) -> Protocol:
+    """The protocol after ``mtype`` in ``current`` (``{}`` once ended); KeyError if unknown."""
+    _name, nxt = current[mtype]
+    return current if nxt is None else nxt
+
+
+@implementer(IReplyChannel)
+class ChannelReply:
+    """The server side of one channel: replies go out on the connection."""
+
+    __slots__ = ("channel", "connection", "protocol")
+
+    def __init__(self, connection: ServiceConnection, channel: int, protocol: Protocol) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.protocol = protocol
+
+    @property
+    def open(self) -> bool:
+        return bool(self.protocol)
+
+    def send(self, mtype: int, args: list[Any]) -> None:
+        if not self.protocol or self.connection.gone:
+            return
+        try:
+            self.protocol = step(self.protocol, mtype)
+        except KeyError:
+            raise ValueError(f"message type {mtype} is not allowed here") from None
+        self.connection.send(self.channel, mtype, args)
+        if not self.protocol:
+            self.connection.downstream_done(self.channel)
+
+    def value(self, *args: Any) -> None:
+        self.send(0, list(args))
+
+    def write(self, chunk: bytes) -> None:
+        self.send(CHUNK, [chunk])
+
+    def error(self, category: int, code: int, reason: str) -> None:
+        self.send(ERROR, [[category, code], reason])
+
+    def close(self) -> None:
+        self.send(CHOKE, [])
+
+
+class _Channel:
+    __slots__ = ("protocol", "reply", "upstream")
+
+    def __init__(self, upstream: IUpstream | None, protocol: Protocol, reply: ChannelReply) -> None:
+        self.upstream = upstream
+        self.protocol = protocol
+        self.reply = reply
+
+
+class ServiceConnection(MessageConnection):
+    """One client's connection to a service."""
+
+    def __init__(self, service: IService) -> None:
+        self.service = service
+        self.channels: dict[int, _Channel] = {}
+        self.last_channel = 0
+        self.gone = False
+
+    def messageReceived(self, message: Message) -> None:
+        channel = self.channels.get(message.channel)
+        if channel is not None:
+            self._upstream(message, channel)
+        elif message.channel > self.last_channel:
+            self.last_channel = message.channel
+            self._invoke(message)
+        else:
+            self._drop(message, "closed channel")
+
+    def _drop(self, message: Message, why: str) -> None:
+        self.log.info(
+            "{service}: dropped type {mtype} on channel {channel} from {peer}: {why}",
+            service=self.service.name,
+            peer=self.peer,
+            mtype=message.type,
+            why=why,
+            channel=message.channel,
+        )
+
+    def _invoke(self, message: Message) -> None:
+        method = self.service.graph.get(message.type)
+        reply = ChannelReply(self, message.channel, PRIMITIVE)
+        if method is None:
+            reply.error(
+                errors.DISPATCH,
+                errors.UNKNOWN_METHOD,
+                f"service {self.service.name} has no method {message.type}",
+            )
+            return
+        _name, upstream_protocol, downstream_protocol = method
+        reply.protocol = downstream_protocol if downstream_protocol is not None else STREAMING
+        if len(self.channels) >= MAX_OPEN_CHANNELS:
+            reply.protocol = PRIMITIVE
+            reply.error(errors.DISPATCH, errors.BAD_ARGUMENTS, "too many open channels")
+            return
+        upstream_open = upstream_protocol is None or bool(upstream_protocol)
+        if upstream_open or reply.open:
+            protocol = upstream_protocol if upstream_protocol is not None else STREAMING
+            self.channels[message.channel] = _Channel(None, protocol, reply)
+        try:
+            upstream = self.service.invoke(message.type, message.args, message.headers, reply)
+        except Exception:
+            self.log.failure(
+                "{service}: method {method} failed", service=self.service.name, method=_name
+            )
+            upstream = None
+            if reply.open:
+                reply.error(errors.DISPATCH, errors.BAD_ARGUMENTS, f"{_name} failed")
+        channel = self.channels.get(message.channel)
+        if channel is not None:
+            channel.upstream = upstream
+            if not upstream_open:
+                channel.protocol = TERMINAL
+            self._maybe_forget(message.channel, channel)
+
+    def _upstream(self, message: Message, channel: _Channel) -> None:
+        if not channel.protocol:
+            self._drop(message, "closed channel (the client had closed its side)")
+            return
+        try:
+            channel.protocol = step(channel.protocol, message.type)
+        except KeyError:
+            self._drop(message, "type not allowed by the method's protocol")
+            return
+        if channel.upstream is not None:
+            channel.upstream.message(message.type, message.args)
+        self._maybe_forget(message.channel, channel)
+
+    def downstream_done(self, channel_id: int) -> None:
+        channel = self.channels.get(channel_id)
+        if channel is not None:
+            self._maybe_forget(channel_id, channel)
+
+    def _maybe_forget(self, channel_id: int, channel: _Channel) -> None:
+        if not channel.protocol and not channel.reply.protocol:
+            del self.channels[channel_id]
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.gone = True
+        channels, self.channels = self.channels, {}
+        for channel in channels.values():
+            if channel.upstream is not None:
+                try:
+                    channel.upstream.cancel("client disconnected")
+                except Exception:
+                    self.log.failure("cancelling a channel failed")
+
+
+class ServiceFactory(Factory):
+    """Builds a ``ServiceConnection`` per client for one service."""
+
+    noisy = False
+
+    def __init__(self, service: IService, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self.service = service
+        self.max_message_size = max_message_size
+
+    def buildProtocol(self, addr: Any) -> ServiceConnection:
+        connection = ServiceConnection(self.service)
+        connection.factory = self
+        connection.max_message_size = self.max_message_size
+        return connection

@@ -1,0 +1,250 @@
+"""``WorkerHost``: the whole app engine as one Twisted service.
+
+On start it loads the manifests in the apps directory, listens for the Locator, the
+Logging service and one app service per app (each on its own TCP port, as the Locator
+protocol wants), opens a Unix socket per app under the runtime directory for the app's
+workers, and, if asked, the HTTP front end. Workers are spawned on demand. On stop it
+terminates every worker (politely, then SIGKILL after terminate-timeout) and removes the
+sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txloom.interfaces import IService, IWorkerLauncher
+from txloom.wire.cocaine import DEFAULT_MAX_MESSAGE_SIZE
+from txloom.worker.app_service import AppService
+from txloom.worker.connection import default_reactor
+from txloom.worker.control import WorkerConnection
+from txloom.worker.dispatch import ServiceFactory
+from txloom.worker.http_front import HttpFront
+from txloom.worker.locator import DEFAULT_LOCATOR_PORT, Locator
+from txloom.worker.logging_service import DEFAULT_VERBOSITY, LoggingService
+from txloom.worker.manifest import AppManifest, load_apps
+from txloom.worker.pool import WorkerPool
+from txloom.worker.process import ProcessLauncher
+
+DEFAULT_LOCATOR_ENDPOINT = f"tcp:{DEFAULT_LOCATOR_PORT}:interface=127.0.0.1"
+#: Interface the per-service listeners bind to and the Locator advertises.
+DEFAULT_SERVICE_HOST = "127.0.0.1"
+#: Longest Unix socket path that fits ``sockaddr_un`` everywhere we run.
+MAX_SOCKET_PATH = 104
+
+
+class HostError(Exception):
+    """The host cannot start as configured (one readable line)."""
+
+
+def listen_now(deferred: Deferred[Any], what: str) -> Any:
+    """The result of a listen that completes synchronously (TCP, UNIX); HostError if not."""
+    result: list[Any] = []
+    deferred.addBoth(result.append)
+    if not result:
+        raise HostError(f"cannot listen on {what}: listening did not complete at once")
+    if isinstance(result[0], Failure):
+        raise HostError(f"cannot listen on {what}: {result[0].getErrorMessage()}")
+    return result[0]
+
+
+def address_text(port: Any) -> tuple[str, int]:
+    addr = port.getHost()
+    return addr.host, addr.port
+
+
+class WorkerSocketFactory(Factory):
+    """Accepts an app's workers on its Unix socket."""
+
+    noisy = False
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    def buildProtocol(self, addr: Any) -> WorkerConnection:
+        return WorkerConnection(self.pool)
+
+
+class WorkerHost(MultiService):
+    """Apps, their pools and the services that reach them."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        apps_dir: str | os.PathLike[str],
+        runtime_dir: str | os.PathLike[str],
+        *,
+        locator: str = DEFAULT_LOCATOR_ENDPOINT,
+        http: str | None = None,
+        service_host: str = DEFAULT_SERVICE_HOST,
+        verbosity: int = DEFAULT_VERBOSITY,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        reactor: Any = None,
+        launcher: IWorkerLauncher | None = None,
+    ) -> None:
+        super().__init__()
+        self.reactor = reactor if reactor is not None else default_reactor()
+        self.apps_dir = Path(apps_dir).absolute()
+        # absolute: workers run in their app's directory, not in ours
+        self.runtime_dir = Path(runtime_dir).absolute()
+        self.locator_description = locator
+        self.http_description = http
+        self.service_host = service_host
+        #: Largest message accepted from a client of any service.
+        self.max_message_size = max_message_size
+        self.launcher = launcher or ProcessLauncher(self.reactor)
+        self.locator = Locator()
+        self.logging = LoggingService(verbosity)
+        self.pools: dict[str, WorkerPool] = {}
+        self.published: dict[str, IService] = {}
+        self.locator_address: tuple[str, int] = ("", 0)
+        self.http_address: tuple[str, int] | None = None
+        self.http_front: Any = None
+        self._ports: list[Any] = []
+
+    # -- start ----------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        try:
+            self._start()
+        except Exception:
+            self._close_listeners()
+            raise
+
+    def _start(self) -> None:
+        try:
+            self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise HostError(
+                f"cannot create runtime directory {self.runtime_dir}: {e.strerror}"
+            ) from None
+        apps, problems = load_apps(self.apps_dir)
+        for problem in problems:
+            self.log.error("skipping app: {problem}", problem=str(problem))
+        port = listen_now(
+            serverFromString(self.reactor, self.locator_description).listen(
+                ServiceFactory(self.locator, self.max_message_size)
+            ),
+            f"{self.locator_description} (locator)",
+        )
+        self._ports.append(port)
+        host, number = address_text(port)
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        self.locator_address = (host, number)
+        self.log.info("locator listening on tcp:{host}:{port}", host=host, port=number)
+        self.locator.register(self.locator, [(host, number)])
+        self._serve(self.logging)
+        for manifest in apps:
+            self.add_app(manifest)
+        if self.http_description:
+            self.http_front = HttpFront(self)
+            port = listen_now(
+                serverFromString(self.reactor, self.http_description).listen(self.http_front.site),
+                f"{self.http_description} (HTTP front end)",
+            )
+            self._ports.append(port)
+            self.http_address = address_text(port)
+            self.log.info(
+                "HTTP front end listening on tcp:{host}:{port}",
+                host=self.http_address[0],
+                port=self.http_address[1],
+            )
+        self.log.info(
+            "worker host ready: {count} app(s) from {apps}: {names}",
+            count=len(self.pools),
+            apps=str(self.apps_dir),
+            names=", ".join(sorted(self.pools)) or "-",
+        )
+
+    def _serve(self, service: IService) -> None:
+        factory = ServiceFactory(service, self.max_message_size)
+        port = listen_now(
+            maybeDeferred(self.reactor.listenTCP, 0, factory, interface=self.service_host),
+            f"{self.service_host} ({service.name} service)",
+        )
+        self._ports.append(port)
+        self.published[service.name] = service
+        self.locator.register(service, [address_text(port)])
+
+    @property
+    def locator_spawn_address(self) -> str:
+        host, port = self.locator_address
+        return f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
+
+    def add_app(self, manifest: AppManifest) -> WorkerPool:
+        """Start serving one app (its socket, pool and app service)."""
+        if manifest.name in self.pools:
+            raise HostError(f"app {manifest.name!r} is already running")
+        path = self.runtime_dir / f"{manifest.name}.sock"
+        if len(str(path)) > MAX_SOCKET_PATH:
+            raise HostError(
+                f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes; "
+                "use a shorter --runtime directory"
+            )
+        _remove_stale_socket(path)
+        pool = WorkerPool(
+            manifest, str(path), self.locator_spawn_address, self.launcher, self.reactor
+        )
+        socket_port = listen_now(
+            maybeDeferred(
+                self.reactor.listenUNIX, str(path), WorkerSocketFactory(pool), mode=0o600
+            ),
+            str(path),
+        )
+        self._ports.append(socket_port)
+        pool.start()
+        self.pools[manifest.name] = pool
+        self._serve(AppService(pool))
+        return pool
+
+    # -- stop -----------------------------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.log.info("worker host stopping: terminating {n} app(s)", n=len(self.pools))
+        for name in list(self.pools):
+            self.locator.unregister(name)
+        await DeferredList([pool.stop() for pool in self.pools.values()])
+        await self._close_listeners()
+        await MultiService.stopService(self)
+        self.log.info("worker host stopped")
+
+    def _close_listeners(self) -> Deferred[Any]:
+        ports, self._ports = self._ports, []
+        # Twisted unlinks a Unix socket when its port has stopped listening.
+        return DeferredList([d for d in (port.stopListening() for port in ports) if d is not None])
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket left by a host that died; refuse to steal one a live host uses."""
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            return
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink(missing_ok=True)  # nobody listens: stale
+            return
+    raise HostError(f"{path} is in use by another running host; choose another --runtime")

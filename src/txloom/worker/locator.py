@@ -1,0 +1,72 @@
+"""The Locator: resolves a service name to its endpoints, version and method graph.
+
+Every service of the host (the Locator itself, ``logging``, one per app) listens on its own
+TCP port; the Locator is the one well-known address (default port 10053).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txloom.interfaces import IReplyChannel, IService
+from txloom.wire.cocaine import HeaderEntry
+from txloom.worker import errors
+from txloom.worker.dispatch import PRIMITIVE, TERMINAL, graph_to_wire
+
+#: The Locator's default TCP port and the version it reports.
+DEFAULT_LOCATOR_PORT = 10053
+LOCATOR_VERSION = 3
+
+RESOLVE = 0
+
+
+@implementer(IService)
+class Locator:
+    """The name service of one host."""
+
+    log = Logger()
+    name = "locator"
+    version = LOCATOR_VERSION
+    graph = {RESOLVE: ("resolve", TERMINAL, PRIMITIVE)}
+
+    def __init__(self) -> None:
+        #: name -> (endpoints, version, wire graph)
+        self.services: dict[str, tuple[list[list[Any]], int, dict]] = {}
+
+    def register(self, service: IService, endpoints: list[tuple[str, int]]) -> None:
+        self.services[service.name] = (
+            [[host, port] for host, port in endpoints],
+            service.version,
+            graph_to_wire(service.graph),
+        )
+        self.log.info(
+            "locator: {name} (version {version}) at {endpoints}",
+            name=service.name,
+            version=service.version,
+            endpoints=", ".join(f"{h}:{p}" for h, p in endpoints),
+        )
+
+    def unregister(self, name: str) -> None:
+        self.services.pop(name, None)
+
+    def resolve(self, name: str) -> tuple[list[list[Any]], int, dict] | None:
+        return self.services.get(name)
+
+    def invoke(
+        self,
+        method: int,
+        args: list[Any],
+        headers: tuple[HeaderEntry, ...],
+        reply: IReplyChannel,
+    ) -> None:
+        if len(args) != 1 or not isinstance(args[0], bytes):
+            reply.error(errors.DISPATCH, errors.BAD_ARGUMENTS, "resolve takes [name]")
+            return
+        found = self.services.get(args[0].decode("utf-8", "replace"))
+        if found is None:
+            reply.error(errors.LOCATOR, errors.SERVICE_NOT_AVAILABLE, "service is not available")
+            return
+        reply.value(*found)

@@ -1,0 +1,175 @@
+"""``twistd workerhost``: command line options and the service they build.
+
+::
+
+    twistd -n workerhost --apps DIR --runtime DIR --locator tcp:10053 --http tcp:8080
+
+Other programs build the same service from a list of arguments::
+
+    options = Options()
+    options.parseOptions(["--apps", DIR, "--runtime", DIR])
+    service = makeService(options)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from txloom.wire.cocaine import DEFAULT_MAX_MESSAGE_SIZE
+from txloom.worker.connection import default_reactor
+from txloom.worker.host import (
+    DEFAULT_LOCATOR_ENDPOINT,
+    DEFAULT_SERVICE_HOST,
+    HostError,
+    WorkerHost,
+)
+from txloom.worker.logging_service import DEBUG, ERROR, INFO, WARNING
+
+VERBOSITY = {"debug": DEBUG, "info": INFO, "warning": WARNING, "error": ERROR}
+
+
+def default_runtime_dir() -> str:
+    """``$XDG_RUNTIME_DIR/txloom`` if set, else ``/tmp/txloom-UID``: short, per user."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return str(Path(base) / "txloom")
+    return str(Path(tempfile.gettempdir()) / f"txloom-{os.getuid()}")
+
+
+class Options(usage.Options):
+    synopsis = "--apps DIR [--runtime DIR] [--locator ENDPOINT] [--http ENDPOINT] [options]"
+    longdesc = (
+        "Run txloom's worker host: an app engine that speaks the Cocaine v12 protocols. "
+        "Every manifest (*.toml or *.json) in --apps describes an app; its workers are "
+        "spawned on demand, connect back on a Unix socket under --runtime, and serve "
+        "sessions routed to them by the app's service (resolved through the Locator) or "
+        "by the HTTP front end. SIGTERM terminates every worker and exits 0."
+    )
+    optParameters = [
+        ["apps", "a", None, "Directory of app manifests (*.toml, *.json). Required."],
+        [
+            "runtime",
+            "r",
+            None,
+            "Directory for the apps' Unix sockets, created if missing; keep it short "
+            "(socket paths are limited to ~104 bytes). Default: $XDG_RUNTIME_DIR/txloom "
+            "or /tmp/txloom-UID.",
+        ],
+        [
+            "locator",
+            "l",
+            DEFAULT_LOCATOR_ENDPOINT,
+            "Endpoint string the Locator listens on (clients start here).",
+        ],
+        [
+            "http",
+            None,
+            None,
+            "Endpoint string for the HTTP front end, e.g. tcp:8080 (off unless given).",
+        ],
+        [
+            "service-host",
+            None,
+            DEFAULT_SERVICE_HOST,
+            "Interface the app, logging and other services listen on (each on its own "
+            "port); the Locator hands this address to clients.",
+        ],
+        [
+            "verbosity",
+            None,
+            "info",
+            "Lowest level of app log lines kept by the Logging service: "
+            "debug, info, warning or error.",
+        ],
+        [
+            "max-message-size",
+            None,
+            str(DEFAULT_MAX_MESSAGE_SIZE),
+            "Largest protocol message accepted from a client, in bytes.",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["apps"]:
+            raise usage.UsageError("--apps DIR is required (a directory of app manifests)")
+        apps = Path(self["apps"])
+        if not apps.is_dir():
+            raise usage.UsageError(f"--apps: {apps} is not a directory")
+        self["runtime"] = self["runtime"] or default_runtime_dir()
+        if self["verbosity"] not in VERBOSITY:
+            raise usage.UsageError(
+                f"--verbosity must be one of {', '.join(VERBOSITY)}, not {self['verbosity']!r}"
+            )
+        try:
+            self["max-message-size"] = int(self["max-message-size"])
+            if self["max-message-size"] < 1024:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError("--max-message-size must be an integer >= 1024") from None
+        for name in ("locator", "http"):
+            if self[name] is None:
+                continue
+            try:
+                serverFromString(default_reactor(), self[name])
+            except (ValueError, TypeError, KeyError) as e:
+                raise usage.UsageError(f"--{name}: bad endpoint {self[name]!r}: {e}") from None
+
+
+class CleanExitOnSignal(Service):
+    """Stop the reactor on SIGTERM/SIGINT without re-raising the signal afterwards.
+
+    twistd normally kills itself with the signal once the reactor has stopped, so a
+    graceful shutdown would still exit 143. Workers are terminated by the host's own
+    ``stopService``; after that the process should exit 0.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._received)
+
+    def _received(self, number: int, frame: Any) -> None:
+        self.log.info("Received {name}, shutting down.", name=signal.Signals(number).name)
+        self.reactor.callFromThread(self.reactor.stop)
+
+
+class CommandLineWorkerHost(WorkerHost):
+    """A host that cannot start exits the program with one readable line."""
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except HostError as e:
+            raise SystemExit(f"workerhost: {e}") from None
+
+
+def makeService(options: Options) -> WorkerHost:
+    """The worker host; stops cleanly (exit 0) on SIGTERM once started by twistd."""
+    host = CommandLineWorkerHost(
+        options["apps"],
+        options["runtime"],
+        locator=options["locator"],
+        http=options["http"],
+        service_host=options["service-host"],
+        verbosity=VERBOSITY[options["verbosity"]],
+        max_message_size=options["max-message-size"],
+    )
+    CleanExitOnSignal(host.reactor).setServiceParent(host)
+    return host

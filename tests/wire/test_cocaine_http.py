@@ -1,0 +1,94 @@
+"""HTTP payloads of the ``http`` event: captured bytes, round trips, garbage."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from txloom.wire.cocaine_http import (
+    HttpRequest,
+    HttpResponseHead,
+    MalformedHttpPayload,
+    decode_request,
+    decode_response_head,
+    encode_request,
+    encode_response_head,
+)
+from txloom.wire.errors import LocalProtocolError, RemoteProtocolError
+
+CAPTURED_HEAD = b"\x92\xcc\xc8\x92\x92\xacContent-Type\xaatext/plain\x92\xa3X-M\xa4POST"
+
+
+def test_captured_response_head() -> None:
+    head = decode_response_head(CAPTURED_HEAD)
+    assert head == HttpResponseHead(200, [(b"Content-Type", b"text/plain"), (b"X-M", b"POST")])
+    assert encode_response_head(200, head.headers) == CAPTURED_HEAD
+
+
+def test_captured_request_chunk() -> None:
+    captured = msgpack.packb(
+        [
+            b"POST",
+            b"/path?a=1",
+            b"1.1",
+            [[b"Host", b"x"], [b"Content-Type", b"text/plain"]],
+            b"BODY",
+        ],
+        use_bin_type=False,
+    )
+    req = decode_request(captured)
+    assert req == HttpRequest(
+        b"POST", b"/path?a=1", b"1.1", [(b"Host", b"x"), (b"Content-Type", b"text/plain")], b"BODY"
+    )
+    assert encode_request(*req) == captured
+    # "HTTP/1.1" as twisted.web spells it is sent as the bare number
+    assert encode_request("POST", "/path?a=1", "HTTP/1.1", req.headers, b"BODY") == captured
+
+
+names = st.binary(min_size=1, max_size=20)
+header_lists = st.lists(st.tuples(names, st.binary(max_size=30)), max_size=6)
+
+
+@given(st.binary(max_size=8), st.binary(max_size=50), header_lists, st.binary(max_size=200))
+def test_request_round_trip(method: bytes, uri: bytes, headers: list, body: bytes) -> None:
+    req = HttpRequest(method, uri, b"1.1", headers, body)
+    assert decode_request(encode_request(*req)) == req
+
+
+@given(st.integers(min_value=100, max_value=999), header_lists)
+def test_response_head_round_trip(status: int, headers: list) -> None:
+    assert decode_response_head(encode_response_head(status, headers)) == (status, headers)
+
+
+@given(st.binary(max_size=100))
+def test_garbage_is_a_remote_error(data: bytes) -> None:
+    for decode, kind in ((decode_request, HttpRequest), (decode_response_head, HttpResponseHead)):
+        try:
+            value = decode(data)
+        except RemoteProtocolError:
+            continue
+        assert isinstance(value, kind)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [[b"GET", b"/", b"1.1", [], 5], [b"GET"], [b"GET", b"/", b"1.1", [[b"a"]], b""], {}],
+)
+def test_bad_requests(obj: object) -> None:
+    with pytest.raises(MalformedHttpPayload):
+        decode_request(msgpack.packb(obj))
+
+
+@pytest.mark.parametrize("obj", [[99, []], [b"200", []], [200], [200, [[1, 2]]], [True, []]])
+def test_bad_heads(obj: object) -> None:
+    with pytest.raises(MalformedHttpPayload):
+        decode_response_head(msgpack.packb(obj))
+
+
+def test_local_errors() -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_response_head(42, [])
+    with pytest.raises(LocalProtocolError):
+        encode_request("GET", "/", "1.1", [("a", 1)], b"")  # type: ignore[list-item]
