@@ -14,16 +14,13 @@ Other programs build the same service from a list of arguments::
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
 from twisted.python import usage
 
+from txloom.shutdown import CleanExitOnSignal
 from txloom.wire.cocaine import DEFAULT_MAX_MESSAGE_SIZE
 from txloom.worker.connection import default_reactor
 from txloom.worker.host import (
@@ -122,32 +119,6 @@ class Options(usage.Options):
                 serverFromString(default_reactor(), self[name])
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError(f"--{name}: bad endpoint {self[name]!r}: {e}") from None
-
-
-class CleanExitOnSignal(Service):
-    """Stop the reactor on SIGTERM/SIGINT without re-raising the signal afterwards.
-
-    twistd normally kills itself with the signal once the reactor has stopped, so a
-    graceful shutdown would still exit 143. Workers are terminated by the host's own
-    ``stopService``; after that the process should exit 0.
-    """
-
-    log = Logger()
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-
-    def startService(self) -> None:
-        super().startService()
-        self.reactor.callWhenRunning(self._install)
-
-    def _install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._received)
-
-    def _received(self, number: int, frame: Any) -> None:
-        self.log.info("Received {name}, shutting down.", name=signal.Signals(number).name)
-        self.reactor.callFromThread(self.reactor.stop)
 
 
 class CommandLineWorkerHost(WorkerHost):

@@ -1,0 +1,47 @@
+"""Graceful shutdown for txloom's twistd plugins.
+
+twistd stops the reactor on SIGTERM and then kills itself with the same signal, so even a
+clean, fully drained shutdown exits 143. Operators and supervisors read that as a crash.
+Each plugin adds ``CleanExitOnSignal`` to its service tree: the signal stops the reactor
+(which stops every service in order: listeners close, in-flight work drains) and the
+process then exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+
+class CleanExitOnSignal(Service):
+    """Stop the reactor on SIGTERM/SIGINT without re-raising the signal afterwards.
+
+    Draining is each service's own ``stopService``; this only decides how the process
+    ends. A second signal during shutdown is logged and otherwise ignored.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._stopping = False
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._received)
+
+    def _received(self, number: int, frame: Any) -> None:
+        name = signal.Signals(number).name
+        if self._stopping:
+            self.log.info("Received {name} again; shutdown is already under way.", name=name)
+            return
+        self._stopping = True
+        self.log.info("Received {name}, shutting down.", name=name)
+        self.reactor.callFromThread(self.reactor.stop)
