@@ -1,0 +1,121 @@
+"""``twistd txloom``: every txloom server in one process, on embedded defaults.
+
+This is what ``make run`` starts: a store server with its write-ahead log under
+``DATA/store``, the worker host serving its example apps (an echo worker through the
+Locator on 10053, a WSGI hello app over HTTP on 8080), and a bus node. Each part is built
+by its own plugin's ``Options``/``makeService``, exactly as ``twistd storeserver ...``
+would build it, so the all-in-one node never drifts from the single-purpose plugins; only
+the arguments are chosen here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.application.service import IService, MultiService
+from twisted.internet import reactor
+from twisted.logger import Logger
+from twisted.python import usage
+
+from txloom.shutdown import CleanExitOnSignal
+from txloom.worker.examples import APPS_DIR
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Component:
+    """One server of the all-in-one node: which plugin builds it, and with what arguments."""
+
+    name: str
+    tap: str
+    arguments: Callable[[Options], list[str]]
+
+
+def _store_arguments(options: Options) -> list[str]:
+    return ["--data", str(Path(options["data"]) / "store"), "--listen", options["store-listen"]]
+
+
+def _worker_arguments(options: Options) -> list[str]:
+    arguments = ["--apps", options["apps"] or str(APPS_DIR), "--locator", options["locator"]]
+    arguments += ["--http", options["http"]]
+    if options["runtime"]:
+        arguments += ["--runtime", options["runtime"]]
+    return arguments
+
+
+COMPONENTS: tuple[Component, ...] = (
+    Component("store", "txloom.store.tap", _store_arguments),
+    Component("workerhost", "txloom.worker.tap", _worker_arguments),
+)
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run every txloom server in one process with embedded defaults: nothing to install "
+        "or configure first. Each part can be run on its own with its own plugin "
+        "(twistd storeserver, ...) for production use. Data is kept under --data."
+    )
+    optParameters = [
+        ["data", "d", "var", "Directory for all persistent state (store WAL and snapshots)."],
+        [
+            "store-listen",
+            None,
+            "tcp:7400:interface=127.0.0.1",
+            "Endpoint string the store server listens on.",
+        ],
+        [
+            "apps",
+            None,
+            None,
+            "Worker host: directory of app manifests. Default: the bundled examples "
+            "(an echo worker and a WSGI hello app).",
+        ],
+        [
+            "runtime",
+            None,
+            None,
+            "Worker host: directory for the apps' Unix sockets (default: the worker host's).",
+        ],
+        ["locator", None, "tcp:10053:interface=127.0.0.1", "Worker host: Locator endpoint."],
+        ["http", None, "tcp:8080:interface=127.0.0.1", "Worker host: HTTP front end endpoint."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["without"] = []
+
+    def opt_without(self, name: str) -> None:
+        """Leave one part out (repeatable): one of the component names."""
+        known = {c.name for c in COMPONENTS}
+        if name not in known:
+            raise usage.UsageError(f"--without {name}: known parts are {', '.join(sorted(known))}")
+        self["without"].append(name)
+
+
+def makeService(options: Options) -> IService:
+    root = MultiService()
+    CleanExitOnSignal(reactor).setServiceParent(root)
+    for component in COMPONENTS:
+        if component.name in options["without"]:
+            continue
+        tap = importlib.import_module(component.tap)
+        sub = tap.Options()
+        arguments = component.arguments(options)
+        try:
+            sub.parseOptions(arguments)
+        except usage.UsageError as e:
+            raise usage.UsageError(f"{component.name}: {e}") from e
+        service = tap.makeService(sub)
+        service.setName(component.name)
+        service.setServiceParent(root)
+        log.info(
+            "all-in-one: {name} configured with {arguments}",
+            name=component.name,
+            arguments=" ".join(arguments),
+        )
+    return root
