@@ -96,7 +96,7 @@ class StoreServerProtocol(Protocol):
                     f"connection limit of {self.factory.config.max_connections} reached",
                 )
             )
-            self.transport.loseConnection()
+            self.transport.loseConnection()  # no producer registered yet
             return
         self._counted = True
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -125,6 +125,17 @@ class StoreServerProtocol(Protocol):
         """Shutting down: read no more requests; answers in flight still go out."""
         self._pause_reading()
         if self.subscriber is not None:
+            self.lose_connection()
+
+    def lose_connection(self) -> None:
+        """Close once the buffered bytes are out.
+
+        The producer must go first: Twisted keeps a connection with a registered
+        producer open until that producer is unregistered.
+        """
+        self.closing = True
+        if self.connected:
+            self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     @property
@@ -194,8 +205,7 @@ class StoreServerProtocol(Protocol):
                 return
             if self.subscriber is not None:
                 if request.get("op") == "close":
-                    self.closing = True
-                    self.transport.loseConnection()
+                    self.lose_connection()
                 continue  # a push connection reads and ignores everything else
             self._dispatch(request)
 
@@ -318,8 +328,7 @@ class StoreServerProtocol(Protocol):
                 write(frame)
             slots.popleft()
             if slot.close_after:
-                self.closing = True
-                self.transport.loseConnection()
+                self.lose_connection()
                 return
         if not slots:
             if self.held is not None:
@@ -348,6 +357,7 @@ class StoreServerProtocol(Protocol):
             policy=config.slow_subscriber,
             clock=self.factory.clock,
             close_timeout=config.overflow_close_timeout,
+            close=self.lose_connection,
         )
         queue.paused = self.write_paused
         subscriber = Subscriber(self.factory.hub, queue, stores, since)

@@ -96,7 +96,7 @@ class StoreServerFactory(Factory):
 
     def connection_idle(self, conn: StoreServerProtocol) -> None:
         """Called while draining when a connection has no answer left to send."""
-        conn.transport.loseConnection()
+        conn.lose_connection()
 
     async def drain(self, timeout: float) -> None:
         """Stop reading, commit and answer what was taken, close every connection."""
@@ -106,7 +106,7 @@ class StoreServerFactory(Factory):
         await self.backend.when_idle()
         for conn in list(self.connections):
             if conn.idle:
-                conn.transport.loseConnection()
+                conn.lose_connection()
         if not self.connections:
             return
         self._all_closed = defer.Deferred()

@@ -65,6 +65,7 @@ class SubscriberQueue:
         policy: str,
         clock: Any,
         close_timeout: float,
+        close: Callable[[], None],
         on_drained: Callable[[], None] | None = None,
     ) -> None:
         self.transport = transport
@@ -73,6 +74,7 @@ class SubscriberQueue:
         self.policy = policy
         self.clock = clock
         self.close_timeout = close_timeout
+        self.close = close
         self.on_drained = on_drained
         self.paused = False
         self.closed = False
@@ -108,7 +110,7 @@ class SubscriberQueue:
             return
         self.closed = True
         self.transport.write(overflow_frame(lost))
-        self.transport.loseConnection()
+        self.close()
         # a reader that never reads would keep the connection (and its buffer) forever
         self.clock.callLater(self.close_timeout, self._abort)
 
