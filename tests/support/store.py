@@ -9,7 +9,7 @@ import shutil
 import socket
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,19 @@ def stop_server(service: StoreService) -> Deferred:
     if service.running:
         return service.stopService()
     return succeed(None)
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    data_dir: str | os.PathLike[str], **overrides: Any
+) -> AsyncIterator[StoreService]:
+    """``async with running_server(path, backend="memory") as service:``"""
+    with short_tempdir() as sock_dir:
+        service = await start_server(server_config(data_dir, sock_dir, **overrides))
+        try:
+            yield service
+        finally:
+            await stop_server(service)
 
 
 def tcp_address(service: StoreService) -> str:
