@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -159,14 +160,19 @@ async def test_reconnects_and_subscription_resumes_without_gap(tmp_path: Path) -
         first = await start_server(config)
         host, _, port = tcp_address(first).rpartition(":")
         config.listen = [f"tcp:{port}:interface={host}"]
-        client = StoreClient(f"tcp:host={host}:port={port}", connect_timeout=1.0).start()
+        client = StoreClient(
+            f"tcp:host={host}:port={port}",
+            retry_policy=backoffPolicy(initialDelay=0.05, maxDelay=0.2),
+        ).start()
         got = Collector()
         sub = await client.subscribe(["tasks"], got)
         await client.write_fact(Fact.build(store="tasks", key=0, value=0))
         await got.wait(1)
         await stop_server(first)
+        client.connect_timeout = 0.5
         with pytest.raises(StoreConnectionError):
             await client.ping()
+        client.connect_timeout = 10.0
         # while the subscriber is away, another server process takes writes
         second = await start_server(config)
         try:
