@@ -39,6 +39,71 @@ class IRunnable(Interface):
 # =============================================================================================
 
 
+class IStorageBackend(Interface):
+    """Where the store server keeps facts (``file`` and ``memory`` are txloom's own).
+
+    The server hands a backend each fact twice over: its bytes (the compact JSON that
+    replay and push send back verbatim) and its meta (id, store, transaction time). The
+    backend owns sequence numbers: 1, 2, ... in commit order, stable across restarts.
+
+    All methods are called on the reactor thread. Replay plans read committed bytes
+    synchronously; everything that writes returns a Deferred.
+    """
+
+    name = Attribute("Short name for logs and stats, such as 'file' or 'memory'.")
+    durable = Attribute("True when committed facts survive a restart of the process.")
+    last_seq = Attribute("Sequence number of the newest committed fact (0 when empty).")
+    fact_count = Attribute("How many facts a plain replay returns now.")
+
+    def open():  # type: ignore[misc]
+        """Recover and load; a Deferred that fires when appends and replays may begin."""
+
+    def close():  # type: ignore[misc]
+        """Finish queued writes, make them durable, release files; returns a Deferred."""
+
+    def append(body, meta):  # type: ignore[misc]
+        """Queue one fact; a Deferred firing with its sequence number once committed.
+
+        "Committed" follows the backend's durability policy: with fsync ``always`` the
+        fact is on stable storage when the Deferred fires. Facts are committed in the
+        order ``append`` was called; a failure fails the Deferred with an exception.
+        """
+
+    def write_snapshot(facts):  # type: ignore[misc]
+        """Replace the snapshot with ``facts`` (pairs of body and meta), atomically.
+
+        A fact whose id the store already holds keeps that fact's sequence number; a new
+        one takes the next. Queued behind earlier appends. Deferred fires with the count.
+        """
+
+    def compact():  # type: ignore[misc]
+        """Fold the log into a compacted file and drop the old segments, atomically.
+
+        Replay answers the same facts before and after. Deferred fires with a dict
+        report (facts kept, bytes before and after).
+        """
+
+    def plan_replay():  # type: ignore[misc]
+        """A ``ReplayPlan`` of every visible fact, by transaction time then arrival."""
+
+    def plan_page(since, stores, limit, budget, scan_limit=None):  # type: ignore[misc]
+        """A ``ReplayPlan`` of facts numbered above ``since``, in sequence order.
+
+        ``stores`` (names, or None for all) filters; the page stops after ``limit``
+        facts or before ``budget`` bytes; ``plan.next`` is where the next page starts.
+        """
+
+    def add_listener(listener):  # type: ignore[misc]
+        """Call ``listener(committed)`` with each batch of newly committed facts.
+
+        Each item has ``seq``, ``store`` and ``body``; batches come in sequence order,
+        after the facts are visible to replay and before their writers are answered.
+        """
+
+    def remove_listener(listener):  # type: ignore[misc]
+        """Stop calling ``listener``."""
+
+
 # =============================================================================================
 # Worker host (txloom.worker)
 # =============================================================================================

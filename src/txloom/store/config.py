@@ -1,0 +1,119 @@
+"""Every number that limits the store server, with its default and why it is that.
+
+``StoreConfig`` is what ``twistd storeserver`` options turn into and what the service,
+the protocol and the subscription hub read; tests build one directly.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from txloom.wire.crcjson import DEFAULT_MAX_FRAME_SIZE
+
+__all__ = [
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_LISTEN",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_MAX_PIPELINE",
+    "DEFAULT_SUBSCRIBER_MAX_BYTES",
+    "DEFAULT_SUBSCRIBER_MAX_EVENTS",
+    "FsyncPolicy",
+    "SlowSubscriberPolicy",
+    "StoreConfig",
+]
+
+#: Where the server listens unless told otherwise (the reference server's port).
+DEFAULT_LISTEN = "tcp:7400:interface=127.0.0.1"
+
+#: Open connections beyond this are answered ``overloaded`` and closed. Each connection
+#: costs a socket and a few kilobytes; the cap keeps a connection storm from taking the
+#: descriptors the WAL needs.
+DEFAULT_MAX_CONNECTIONS = 1024
+
+#: Requests one connection may have in flight (sent, not yet answered). Past this the
+#: server stops reading from that connection until answers drain: a client that
+#: pipelines without reading cannot make the server buffer without bound.
+DEFAULT_MAX_PIPELINE = 1024
+
+#: Push events queued for one subscriber that is not reading, by count and by bytes.
+#: Whichever is reached first counts as falling behind.
+DEFAULT_SUBSCRIBER_MAX_EVENTS = 10_000
+DEFAULT_SUBSCRIBER_MAX_BYTES = 8 * 1024 * 1024
+
+#: Seconds a SIGTERM drain waits for connections to take their last answers.
+DEFAULT_DRAIN_TIMEOUT = 10.0
+
+#: Seconds a subscriber cut off for falling behind has to read its overflow event
+#: before the connection is aborted.
+DEFAULT_OVERFLOW_CLOSE_TIMEOUT = 5.0
+
+#: Bytes kept free in the frame limit for the envelope around facts in an answer
+#: (``{"ok":true,"facts":[...],"next":N,...}``, a ``request_id``), so that a fact that was
+#: accepted can always be replayed in a page of its own.
+REPLY_HEADROOM = 4096
+
+
+@dataclass(frozen=True)
+class FsyncPolicy:
+    """When WAL appends reach stable storage, and so when writes are acknowledged.
+
+    ``always``: a write is answered only after an fsync covering it (group commit shares
+    one fsync among all writes waiting for it). ``interval``: answered after the write
+    to the OS; fsync every ``interval_ms``. ``never``: the OS decides.
+    """
+
+    mode: str = "always"
+    interval_ms: int = 0
+
+    _PATTERN = re.compile(r"^(always|never|interval:(\d+))$")
+
+    @classmethod
+    def parse(cls, text: str) -> FsyncPolicy:
+        m = cls._PATTERN.match(text.strip())
+        if m is None:
+            raise ValueError(f"--fsync must be always, never or interval:MS, not {text!r}")
+        if m.group(2) is not None:
+            interval = int(m.group(2))
+            if interval <= 0:
+                raise ValueError("--fsync interval:MS needs MS > 0")
+            return cls("interval", interval)
+        return cls(m.group(1))
+
+    def __str__(self) -> str:
+        return f"interval:{self.interval_ms}" if self.mode == "interval" else self.mode
+
+
+class SlowSubscriberPolicy:
+    """What happens to a subscriber whose queue is full."""
+
+    #: Send ``{"event":"overflow","dropped":N}`` and close the connection.
+    DISCONNECT = "disconnect"
+    #: Drop what is queued, send the overflow event when it reads again, keep going.
+    SKIP = "skip"
+    ALL = (DISCONNECT, SKIP)
+
+
+@dataclass
+class StoreConfig:
+    """The store server's settings; see ``txloom.store.tap`` for the command line."""
+
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    data_dir: str = "var/store"
+    backend: str = "file"
+    fsync: FsyncPolicy = field(default_factory=FsyncPolicy)
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_pipeline: int = DEFAULT_MAX_PIPELINE
+    auth_token: str | None = None
+    subscriber_max_events: int = DEFAULT_SUBSCRIBER_MAX_EVENTS
+    subscriber_max_bytes: int = DEFAULT_SUBSCRIBER_MAX_BYTES
+    slow_subscriber: str = SlowSubscriberPolicy.DISCONNECT
+    overflow_close_timeout: float = DEFAULT_OVERFLOW_CLOSE_TIMEOUT
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+
+    @property
+    def max_fact_size(self) -> int:
+        """Largest stored fact: one that can always be answered in a frame of its own."""
+        return max(self.max_frame_size - REPLY_HEADROOM, self.max_frame_size // 2)

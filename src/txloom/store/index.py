@@ -1,0 +1,186 @@
+"""The in-memory index of the facts replay returns: where each one's bytes are.
+
+It keeps no fact, only six numbers per fact in typed arrays (sequence number, volume,
+offset, size, transaction time, store), about 36 bytes each: a million facts cost ~36 MB
+however large their values are, and replay reads the bytes from the volumes on demand.
+Rows are kept in sequence-number order, which is WAL order for appended facts.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+
+__all__ = ["FactIndex"]
+
+
+class FactIndex:
+    """Columns of the visible facts, sorted by sequence number."""
+
+    def __init__(self) -> None:
+        self.seqs = array("q")
+        self.vols = array("i")
+        self.offsets = array("q")
+        self.sizes = array("i")
+        self.times = array("d")
+        self.stores = array("i")
+        #: Store names by number, and numbers by name.
+        self.store_names: list[str] = []
+        self._store_ids: dict[str, int] = {}
+        #: Sum of the fact sizes (the bytes a plain replay carries).
+        self.body_bytes = 0
+        # True while transaction times never decrease in sequence order: then the
+        # compatible replay order is the row order and needs no sort.
+        self._time_ordered = True
+        self._time_order: array | None = None
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    @property
+    def last_seq(self) -> int:
+        return self.seqs[-1] if self.seqs else 0
+
+    def store_id(self, name: str) -> int:
+        number = self._store_ids.get(name)
+        if number is None:
+            number = self._store_ids[name] = len(self.store_names)
+            self.store_names.append(name)
+        return number
+
+    def store_ids(self, names: Iterable[str]) -> set[int]:
+        """Numbers of the named stores that have (or had) facts; unknown names match none."""
+        return {self._store_ids[n] for n in names if n in self._store_ids}
+
+    def append(  # noqa: PLR0917 - one row, called once per fact on the hot path
+        self, seq: int, vol: int, offset: int, size: int, time: float, store: int
+    ) -> None:
+        """Add a row; ``seq`` must be above every number already in the index."""
+        if self.seqs and seq <= self.seqs[-1]:
+            raise ValueError(f"sequence number {seq} is not above {self.seqs[-1]}")
+        if self._time_ordered and self.times and time < self.times[-1]:
+            self._time_ordered = False
+        self._time_order = None
+        self.seqs.append(seq)
+        self.vols.append(vol)
+        self.offsets.append(offset)
+        self.sizes.append(size)
+        self.times.append(time)
+        self.stores.append(store)
+        self.body_bytes += size
+
+    def relocate(self, position: int, vol: int, offset: int) -> None:
+        """The fact's bytes moved (compaction copied them into another file)."""
+        self.vols[position] = vol
+        self.offsets[position] = offset
+
+    def position_after(self, seq: int) -> int:
+        """Row of the first fact numbered above ``seq``."""
+        return bisect_right(self.seqs, seq)
+
+    def position_of(self, seq: int) -> int | None:
+        position = bisect_right(self.seqs, seq) - 1
+        if position >= 0 and self.seqs[position] == seq:
+            return position
+        return None
+
+    def time_order(self) -> Sequence[int]:
+        """Rows in the compatible replay order: transaction time, then sequence number."""
+        if self._time_ordered:
+            return range(len(self.seqs))
+        if self._time_order is None:
+            times = self.times
+            # sorted() is stable and rows are in sequence order: ties keep arrival order.
+            self._time_order = array("q", sorted(range(len(times)), key=times.__getitem__))
+        return self._time_order
+
+    def select(
+        self,
+        since: int,
+        stores: set[int] | None,
+        *,
+        limit: int | None,
+        budget: int,
+        separator: int = 1,
+        scan_limit: int | None = None,
+    ) -> tuple[list[int], int, bool]:
+        """Rows of facts numbered above ``since`` in the given stores, for one page.
+
+        Stops after ``limit`` rows, before the bytes (sizes plus one separator each)
+        would exceed ``budget``, or after looking at ``scan_limit`` rows. Returns the
+        rows, the number up to which the index was examined (the ``next`` cursor) and
+        whether facts may remain.
+        """
+        start = self.position_after(since)
+        end = len(self.seqs)
+        if scan_limit is not None:
+            end = min(end, start + scan_limit)
+        rows: list[int] = []
+        used = 0
+        sizes = self.sizes
+        store_col = self.stores
+        cursor = since
+        position = start
+        while position < end:
+            if stores is None or store_col[position] in stores:
+                cost = sizes[position] + separator
+                if (limit is not None and len(rows) >= limit) or used + cost > budget:
+                    return rows, cursor, True
+                rows.append(position)
+                used += cost
+            cursor = self.seqs[position]
+            position += 1
+        return rows, cursor, position < len(self.seqs)
+
+    def merged(self, rows: Iterable[tuple[int, int, int, int, float, str]]) -> FactIndex:
+        """A new index: these rows plus this one's (``(seq, vol, offset, size, time, store)``).
+
+        ``rows`` must be sorted by sequence number and share none with this index; the
+        runs of this index between them are copied with array slices.
+        """
+        new = FactIndex()
+        new.store_names = list(self.store_names)
+        new._store_ids = dict(self._store_ids)
+        start = 0
+        for seq, vol, offset, size, time, store in rows:
+            position = bisect_right(self.seqs, seq, start)
+            new._extend(self, start, position)
+            new.append(seq, vol, offset, size, time, new.store_id(store))
+            start = position
+        new._extend(self, start, len(self))
+        new._time_ordered = all(a <= b for a, b in zip(new.times, new.times[1:], strict=False))
+        return new
+
+    def relocated(self, rows: Sequence[int], vol: int, offsets: Sequence[int]) -> FactIndex:
+        """A new index in which the given rows live in ``vol`` at ``offsets``."""
+        new = FactIndex()
+        new.store_names = list(self.store_names)
+        new._store_ids = dict(self._store_ids)
+        new._extend(self, 0, len(self))
+        new._time_ordered = self._time_ordered
+        vols, new_offsets = new.vols, new.offsets
+        for row, offset in zip(rows, offsets, strict=True):
+            vols[row] = vol
+            new_offsets[row] = offset
+        return new
+
+    def _extend(self, other: FactIndex, start: int, end: int) -> None:
+        if start >= end:
+            return
+        if self.seqs and other.seqs[start] <= self.seqs[-1]:
+            raise ValueError(f"sequence number {other.seqs[start]} is not above {self.seqs[-1]}")
+        self.seqs.extend(other.seqs[start:end])
+        self.vols.extend(other.vols[start:end])
+        self.offsets.extend(other.offsets[start:end])
+        sizes = other.sizes[start:end]
+        self.sizes.extend(sizes)
+        self.times.extend(other.times[start:end])
+        self.stores.extend(other.stores[start:end])
+        self.body_bytes += sum(sizes)
+        self._time_order = None
+
+    def copy_rows(self, rows: Sequence[int]) -> list[tuple[int, int, int, int]]:
+        """``(seq, vol, offset, size)`` of the given rows (for work off the reactor thread)."""
+        seqs, vols, offsets, sizes = self.seqs, self.vols, self.offsets, self.sizes
+        return [(seqs[r], vols[r], offsets[r], sizes[r]) for r in rows]

@@ -1,0 +1,115 @@
+"""Replay plans: a fixed list of facts, read from the volumes a batch at a time.
+
+A plan is made on the reactor thread from the index as it is at that moment (an index
+object only ever grows; rebuilds make a new one), pins the volumes it reads so that a
+compaction cannot close them underneath it, and yields the facts' bytes in batches of
+about ``batch_bytes``. Facts that sit next to each other in a file are read with one
+``pread``; the whole store is never in memory at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from txloom.store.directory import Volume
+from txloom.store.index import FactIndex
+
+__all__ = ["DEFAULT_BATCH_BYTES", "ReplayPlan"]
+
+#: Bytes of facts read and handed out per batch (one transport write, one pread or few).
+DEFAULT_BATCH_BYTES = 256 * 1024
+
+#: Two facts are read with one pread when at most this many bytes separate them
+#: (the frame overhead between WAL entries, the entry prefix in snapshot files).
+_COALESCE_GAP = 64
+
+
+class ReplayPlan:
+    """The facts of one replay (or one page of it), in answer order."""
+
+    def __init__(
+        self,
+        index: FactIndex,
+        rows: Sequence[int],
+        volumes: dict[int, Volume],
+        *,
+        next_seq: int,
+        more: bool = False,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+    ) -> None:
+        self.index = index
+        self.rows = rows
+        self.count = len(rows)
+        sizes = index.sizes
+        if isinstance(rows, range) and len(rows) == len(index):
+            self.body_bytes = index.body_bytes
+        else:
+            self.body_bytes = sum(sizes[r] for r in rows)
+        #: The cursor a paged reader continues from (``next`` in the answer).
+        self.next = next_seq
+        self.more = more
+        self.batch_bytes = batch_bytes
+        self._volumes = volumes
+
+    def encoded_size(self) -> int:
+        """Bytes of the facts joined with commas (what goes between ``[`` and ``]``)."""
+        return self.body_bytes + max(0, self.count - 1)
+
+    def batches(self) -> Iterator[list[bytes]]:
+        """Fact bodies in plan order, ``batch_bytes`` at a time."""
+        index = self.index
+        vols, offsets, sizes = index.vols, index.offsets, index.sizes
+        volumes = self._volumes
+        batch: list[bytes] = []
+        batch_size = 0
+        # the run of rows being coalesced into one read
+        run: list[int] = []
+        run_vol = -1
+        run_start = run_end = 0
+        for row in self.rows:
+            vol = vols[row]
+            offset = offsets[row]
+            size = sizes[row]
+            if run and (
+                vol != run_vol
+                or not run_end <= offset <= run_end + _COALESCE_GAP
+                or offset + size - run_start > self.batch_bytes
+            ):
+                batch_size += self._read_run(volumes[run_vol], run, run_start, run_end, batch)
+                run = []
+                if batch_size >= self.batch_bytes:
+                    yield batch
+                    batch = []
+                    batch_size = 0
+            if not run:
+                run_vol = vol
+                run_start = offset
+            run.append(row)
+            run_end = offset + size
+        if run:
+            self._read_run(volumes[run_vol], run, run_start, run_end, batch)
+        if batch:
+            yield batch
+
+    def _read_run(
+        self, volume: Volume, run: list[int], start: int, end: int, out: list[bytes]
+    ) -> int:
+        offsets, sizes = self.index.offsets, self.index.sizes
+        if len(run) == 1:
+            out.append(volume.pread(start, end - start))
+            return end - start
+        data = volume.pread(start, end - start)
+        view = memoryview(data)
+        total = 0
+        for row in run:
+            o = offsets[row] - start
+            s = sizes[row]
+            out.append(bytes(view[o : o + s]))
+            total += s
+        return total
+
+    def close(self) -> None:
+        """Let go of the pinned volumes (idempotent)."""
+        volumes, self._volumes = self._volumes, {}
+        for volume in volumes.values():
+            volume.release()

@@ -1,0 +1,238 @@
+"""``twistd storeserver``: command line options and ``makeService``.
+
+    twistd -n storeserver                                  # TCP 127.0.0.1:7400, ./var/store
+    twistd -n storeserver --listen tcp:7400 --listen unix:/run/txloom/store.sock:lockfile=1
+    twistd -n storeserver --fsync interval:20 --data /srv/facts
+    twistd -n storeserver --backend memory --max-connections 256
+
+An all-in-one node builds the store on defaults with
+``makeService(Options().parseOptions(["--data", DIR]) ...)``: ``Options()`` parsed with
+``["--data", DIR]`` then ``makeService(options)``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from txloom.store.config import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_PIPELINE,
+    DEFAULT_OVERFLOW_CLOSE_TIMEOUT,
+    DEFAULT_SUBSCRIBER_MAX_BYTES,
+    DEFAULT_SUBSCRIBER_MAX_EVENTS,
+    FsyncPolicy,
+    SlowSubscriberPolicy,
+    StoreConfig,
+)
+from txloom.store.service import StoreService
+
+__all__ = ["Options", "makeService"]
+
+#: The file backend's directory unless --data says otherwise.
+DEFAULT_DATA_DIR = os.path.join(".", "var", "store")
+
+#: Frames smaller than this could not carry a fact with its envelope.
+MIN_FRAME_SIZE = 1024
+
+
+def _positive_int(name: str) -> Any:
+    def coerce(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"--{name} must be a whole number, not {value!r}") from None
+        if number <= 0:
+            raise ValueError(f"--{name} must be above 0")
+        return number
+
+    coerce.coerceDoc = "A whole number above 0."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _positive_float(name: str) -> Any:
+    def coerce(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"--{name} must be a number of seconds, not {value!r}") from None
+        if number <= 0:
+            raise ValueError(f"--{name} must be above 0")
+        return number
+
+    coerce.coerceDoc = "Seconds, above 0."  # type: ignore[attr-defined]
+    return coerce
+
+
+class Options(usage.Options):
+    synopsis = "[--listen ENDPOINT]... [--data DIR] [--backend file|memory] [options]"
+    longdesc = (
+        "Durable fact store server speaking the Igniter store wire protocol (CRC32-framed "
+        "JSON). Facts are appended to a write-ahead log in --data and acknowledged once "
+        "on stable storage (--fsync always, with group commit). Clients: "
+        "txloom.store.NetworkBackend (blocking), txloom.store.client.StoreClient (Twisted), "
+        "or any Igniter NetworkBackend. See docs/store.md."
+    )
+
+    optParameters = [
+        [
+            "data",
+            "d",
+            DEFAULT_DATA_DIR,
+            "Directory of the WAL segments and snapshot files (file backend); created if "
+            "missing, locked while the server runs.",
+        ],
+        [
+            "backend",
+            "b",
+            "file",
+            "Where facts live: 'file' (WAL and snapshots in --data, survives restarts) or "
+            "'memory' (same protocol, nothing kept after exit).",
+        ],
+        [
+            "fsync",
+            None,
+            "always",
+            "When writes are acknowledged: 'always' (after an fsync covering them; "
+            "concurrent writes share one fsync), 'interval:MS' (after the write to the OS, "
+            "fsync every MS milliseconds), or 'never' (the OS decides).",
+        ],
+        [
+            "max-frame-size",
+            None,
+            DEFAULT_MAX_FRAME_SIZE,
+            "Largest frame accepted or sent, in bytes. Larger requests get frame_too_large "
+            "and a close; a plain replay that would not fit gets frame_too_large and should "
+            "be read in pages (replay with since/limit).",
+            _positive_int("max-frame-size"),
+        ],
+        [
+            "max-connections",
+            None,
+            DEFAULT_MAX_CONNECTIONS,
+            "Open connections allowed; the next one is answered 'overloaded' and closed.",
+            _positive_int("max-connections"),
+        ],
+        [
+            "max-pipeline",
+            None,
+            DEFAULT_MAX_PIPELINE,
+            "Requests one connection may have unanswered before the server stops reading from it.",
+            _positive_int("max-pipeline"),
+        ],
+        [
+            "auth-token-file",
+            None,
+            None,
+            "File holding a token (surrounding whitespace ignored). When set, the first "
+            'request of every connection must be {"op":"auth","token":...}.',
+        ],
+        [
+            "subscriber-max-events",
+            None,
+            DEFAULT_SUBSCRIBER_MAX_EVENTS,
+            "Push events queued for a subscriber that is not reading before it counts as "
+            "fallen behind.",
+            _positive_int("subscriber-max-events"),
+        ],
+        [
+            "subscriber-max-bytes",
+            None,
+            DEFAULT_SUBSCRIBER_MAX_BYTES,
+            "Bytes of push events queued for a subscriber before it counts as fallen behind.",
+            _positive_int("subscriber-max-bytes"),
+        ],
+        [
+            "slow-subscriber",
+            None,
+            SlowSubscriberPolicy.DISCONNECT,
+            "What a subscriber that fell behind gets, after an overflow event: "
+            "'disconnect' (the connection is closed) or 'skip' (queued events are "
+            "dropped and it continues with new ones).",
+        ],
+        [
+            "overflow-close-timeout",
+            None,
+            DEFAULT_OVERFLOW_CLOSE_TIMEOUT,
+            "Seconds a disconnected slow subscriber has to read its overflow event.",
+            _positive_float("overflow-close-timeout"),
+        ],
+        [
+            "drain-timeout",
+            None,
+            DEFAULT_DRAIN_TIMEOUT,
+            "Seconds a shutdown waits for clients to take their last answers.",
+            _positive_float("drain-timeout"),
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Twisted endpoint to listen on; repeat for several (TCP, Unix, TLS), e.g.
+        tcp:7400:interface=127.0.0.1, unix:/run/txloom/store.sock:lockfile=1,
+        ssl:7401:privateKey=key.pem:certKey=cert.pem. Default: tcp:7400:interface=127.0.0.1.
+        """
+        self["listen"].append(description)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        from twisted.internet import reactor  # noqa: PLC0415 - only to parse endpoints
+
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        for description in self["listen"]:
+            try:
+                serverFromString(reactor, description)
+            except (ValueError, TypeError, KeyError) as e:
+                raise usage.UsageError(f"--listen {description!r}: {e}") from None
+        if self["backend"] not in ("file", "memory"):
+            raise usage.UsageError(f"--backend must be file or memory, not {self['backend']!r}")
+        try:
+            fsync = FsyncPolicy.parse(self["fsync"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["max-frame-size"] < MIN_FRAME_SIZE:
+            raise usage.UsageError(f"--max-frame-size must be at least {MIN_FRAME_SIZE}")
+        if self["slow-subscriber"] not in SlowSubscriberPolicy.ALL:
+            raise usage.UsageError(
+                f"--slow-subscriber must be disconnect or skip, not {self['slow-subscriber']!r}"
+            )
+        token = None
+        if self["auth-token-file"] is not None:
+            try:
+                with open(self["auth-token-file"], encoding="utf-8") as f:
+                    token = f.read().strip()
+            except OSError as e:
+                raise usage.UsageError(f"--auth-token-file: {e.strerror}: {e.filename}") from None
+            if not token:
+                raise usage.UsageError(f"--auth-token-file {self['auth-token-file']} is empty")
+        self.config = StoreConfig(
+            listen=list(self["listen"]),
+            data_dir=self["data"],
+            backend=self["backend"],
+            fsync=fsync,
+            max_frame_size=self["max-frame-size"],
+            max_connections=self["max-connections"],
+            max_pipeline=self["max-pipeline"],
+            auth_token=token,
+            subscriber_max_events=self["subscriber-max-events"],
+            subscriber_max_bytes=self["subscriber-max-bytes"],
+            slow_subscriber=self["slow-subscriber"],
+            overflow_close_timeout=self["overflow-close-timeout"],
+            drain_timeout=self["drain-timeout"],
+        )
+
+
+def makeService(options: Options) -> StoreService:
+    """The store server for ``twistd``: a start failure exits 1, SIGTERM drains and exits 0."""
+    return StoreService(options.config, exit_on_failure=True, graceful_sigterm=True)
