@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -11,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from zope.interface.verify import verifyObject
 
-from support.bus import Inbox, until, within
+from support.bus import Inbox, self_signed_certificate, until, within
 from txloom.bus import Bus, Message, SlowPodPolicy, TransportNotConfigured
 from txloom.bus.mesh import WebSocketMesh
 from txloom.interfaces import IMeshTransport
@@ -26,10 +27,11 @@ FAST = {
 
 
 class Node:
-    def __init__(self, port: int = 0, **options: object) -> None:
+    def __init__(self, port: int = 0, listen: str | None = None, **options: object) -> None:
         self.bus = Bus()
         opts = {**FAST, **options}
-        self.mesh = WebSocketMesh(self.bus, listen=f"tcp:{port}:interface=127.0.0.1", **opts)
+        listen = listen or f"tcp:{port}:interface=127.0.0.1"
+        self.mesh = WebSocketMesh(self.bus, listen=listen, **opts)  # type: ignore[arg-type]
 
     async def start(self) -> Node:
         await self.mesh.start()
@@ -305,9 +307,9 @@ async def test_bus_backpressure_pauses_reading_from_peers_without_loss() -> None
     frames), which is why the hard limit sits well above the pause limit.
     """
     a = await Node().start()
-    b = Node()
+    b = Node.__new__(Node)
     b.bus = Bus(pod_queue_limit=8, overflow_limit=100_000, slow_pod_policy=SlowPodPolicy.PAUSE)
-    b.mesh = WebSocketMesh(b.bus, listen="tcp:0:interface=127.0.0.1", **FAST)
+    b.mesh = WebSocketMesh(b.bus, listen="tcp:0:interface=127.0.0.1", **FAST)  # type: ignore[arg-type]
     await b.start()
     try:
         await within(a.mesh.dial(b.url))
@@ -357,3 +359,26 @@ async def test_dial_without_a_mesh_and_bad_urls() -> None:
             node.mesh.dial("http://example.com/")
     finally:
         await node.stop()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:OpenSSL")  # Twisted's TLS internals
+@pytest_twisted.ensureDeferred
+async def test_wss_between_nodes_with_a_trusted_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path / "trust")
+    secure = await Node(listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}").start()
+    trusting = await Node(tls_trust_roots=str(tmp_path / "trust")).start()
+    distrusting = await Node().start()
+    try:
+        url = f"wss://localhost:{secure.mesh.listening_port}/meta/message"
+        assert await within(trusting.mesh.dial(url)) == secure.uuid
+        inbox = secure.inbox()
+        uuid = trusting.bus.connect().send(Message.new("over.tls")).uuid
+        await within(inbox.has(uuid))
+        distrusting.mesh.dial(url)  # the system trust store does not know this certificate
+        await until(
+            lambda: any(d.failures for d in distrusting.mesh._dialers.values()), 5, "a failure"
+        )
+        assert distrusting.mesh.peers == []
+    finally:
+        for n in (secure, trusting, distrusting):
+            await n.stop()

@@ -82,7 +82,9 @@ class SendWindow:
 class MeshConnection:
     """What both directions share (mixed in before Autobahn's protocol class)."""
 
-    log = Logger()
+    # Not ``log``: Autobahn's classes use that name for their own (txaio) logger, whose
+    # debug chatter would otherwise go to the node's log.
+    peer_log = Logger()
     role: Role
     mesh: WebSocketMesh
     dialer: PeerDialer | None = None
@@ -141,7 +143,7 @@ class MeshConnection:
             event = self.session.receive_frame(payload, isBinary)
         except BadHandshake as e:
             self._cancel_deadline()
-            self.log.warn(
+            self.peer_log.warn(
                 "{direction} mesh connection {address}: bad handshake ({error}); closing",
                 direction=self.direction,
                 address=self.address,
@@ -211,7 +213,9 @@ class MeshConnection:
         try:
             self.sendClose(code, reason[:120] or None)  # type: ignore[attr-defined]
         except Exception as e:
-            self.log.warn("cannot close {conn} cleanly ({error}); dropping it", conn=self, error=e)
+            self.peer_log.warn(
+                "cannot close {conn} cleanly ({error}); dropping it", conn=self, error=e
+            )
             self.dropConnection(abort=True)  # type: ignore[attr-defined]
 
     # -- flow control for the bus (the mesh pauses reading while the bus is paused) ------------
@@ -227,7 +231,7 @@ class MeshConnection:
     def _foreign(self, event: ForeignFrame) -> None:
         if not self._noted_foreign:
             self._noted_foreign = True
-            self.log.info(
+            self.peer_log.info(
                 "peer {node} ({address}) sent a frame that is not a message ({reason}); "
                 "delivering it as websocket.message (noted once per connection)",
                 node=self.node_uuid,
@@ -245,7 +249,7 @@ class MeshConnection:
         self._deadline = None
         if self.handshaked:
             return
-        self.log.warn(
+        self.peer_log.warn(
             "{direction} mesh connection {address}: no Grav handshake within {timeout}s; closing",
             direction=self.direction,
             address=self.address,
@@ -270,7 +274,7 @@ class MeshServerProtocol(MeshConnection, WebSocketServerProtocol):
         if mesh.token is not None:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {mesh.token}".encode()):
-                self.log.warn(
+                self.peer_log.warn(
                     "refused mesh connection from {address}: missing or wrong token",
                     address=self.address,
                 )
