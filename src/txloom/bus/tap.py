@@ -18,6 +18,7 @@ from pathlib import Path
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from txloom.bus.bridge.subjects import valid_subject
 from txloom.bus.buffer import DEFAULT_REPLAY_SIZE
 from txloom.bus.bus import DEFAULT_POD_QUEUE_LIMIT
 from txloom.bus.mesh import mesh as mesh_defaults
@@ -26,13 +27,6 @@ from txloom.bus.node import BusNodeConfig, BusNodeService
 from txloom.wire.grav import MAX_HOPS
 
 __all__ = ["Options", "makeService"]
-
-_NOT_IN_SUBJECTS = re.compile(r"[\s*>]")
-
-
-def _valid_subject(subject: str) -> bool:
-    """A literal NATS subject: dot-separated non-empty tokens without spaces, '*' or '>'."""
-    return all(tok and not _NOT_IN_SUBJECTS.search(tok) for tok in subject.split("."))
 
 
 def _positive(kind: type) -> object:
@@ -223,7 +217,7 @@ class Options(usage.Options):
 
     def opt_bridge(self, msg_type: str) -> None:
         """A message type to bridge to and from NATS (repeatable; needs --nats)."""
-        if not _valid_subject(msg_type):
+        if not valid_subject(msg_type):
             raise usage.UsageError(
                 f"--bridge {msg_type!r}: a bridged type must be a valid NATS subject "
                 "(no spaces, '*' or '>', no empty tokens)"
@@ -280,7 +274,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--nats must look like nats://HOST:PORT")
             if not self["bridge"]:
                 raise usage.UsageError("--nats needs at least one --bridge TYPE")
-            if self["nats-prefix"] and not _valid_subject(self["nats-prefix"] + "x"):
+            if self["nats-prefix"] and not valid_subject(self["nats-prefix"] + "x"):
                 raise usage.UsageError("--nats-prefix must be subject tokens ending in '.'")
 
     def config(self) -> BusNodeConfig:
