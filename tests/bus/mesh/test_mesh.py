@@ -382,3 +382,61 @@ async def test_wss_between_nodes_with_a_trusted_certificate(tmp_path: Path) -> N
     finally:
         for n in (secure, trusting, distrusting):
             await n.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_disable_nagle() -> None:
+    """Small frames must not wait for Nagle's algorithm (tens of ms per message)."""
+    import socket
+
+    a, b = await nodes(2)
+    try:
+        await within(a.mesh.dial(b.url))
+        await within(b.mesh.wait_for_peers(1))
+        for node in (a, b):
+            for conn in node.mesh._peers.values():
+                sock = conn.transport.getHandle()
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_that_stops_reading_costs_bounded_memory_and_stalls_no_one() -> None:
+    from twisted.internet.threads import deferToThread
+
+    from support.bus_peer import RawGravPeer
+
+    limit = 1024 * 1024
+    hub = await Node(peer_backlog_limit=limit).start()
+    reader = await Node().start()
+    stuck = await deferToThread(RawGravPeer, hub.mesh.listening_port)
+    try:
+        await deferToThread(stuck.handshake, "99999999-2222-4333-8444-555555555555")
+        await within(reader.mesh.dial(hub.url))
+        await within(hub.mesh.wait_for_peers(2))
+        to_reader = hub.mesh._peers[reader.uuid]
+        to_stuck = next(c for c in hub.mesh._peers.values() if c is not to_reader)
+        inbox = reader.inbox()
+        sender = hub.bus.connect()
+        blob = b"x" * 16_384
+        total = 2_000  # 32 MiB: far more than the kernel buffers for the stuck peer
+        for i in range(total):
+            sender.send(Message.new("big", blob))
+            if i % 32 == 31:  # a sender paced by the reading peer only
+                await until(
+                    lambda: not hub.bus._pending_msgs and not to_reader.window.queue,
+                    10,
+                    "the reader to keep up",
+                )
+        await inbox.count(total, 30)
+        assert len(inbox.messages) == total  # the reading peer got everything
+        assert to_stuck.dropped > 0
+        assert to_stuck.window.queued_bytes <= limit
+        assert to_reader.dropped == 0
+        assert hub.mesh.stats.dropped == to_stuck.dropped
+    finally:
+        stuck.close()
+        await hub.stop()
+        await reader.stop()

@@ -9,6 +9,7 @@ keeps a slow peer from buffering without bound.
 from __future__ import annotations
 
 import hmac
+from collections import deque
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -55,28 +56,50 @@ CLOSE_PROTOCOL_ERROR = 4002
 
 @implementer(IPushProducer)
 class SendWindow:
-    """Tells the connection when the transport's write buffer is full.
+    """What a connection may still write, and what waits while it may not.
 
-    Registered as the transport's streaming producer: Twisted pauses it when more than its
-    buffer size waits to be written and resumes it once that drained. While paused the
-    connection counts what it still writes and drops beyond ``limit`` bytes.
+    Registered as the transport's streaming producer: Twisted pauses it as soon as more than
+    its buffer size waits to be written, and resumes it once everything went out. While
+    paused, frames wait here in order (so the transport buffers at most about one buffer
+    size); past ``limit`` waiting bytes new frames are dropped and counted, so that a slow
+    peer costs bounded memory and never holds up the others.
     """
 
-    __slots__ = ("backlog", "paused")
+    __slots__ = ("_send", "limit", "paused", "queue", "queued_bytes")
 
-    def __init__(self) -> None:
+    def __init__(self, send: Any, limit: int) -> None:
+        self._send = send
+        self.limit = limit
         self.paused = False
-        self.backlog = 0
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+
+    def offer(self, payload: bytes) -> bool:
+        """Send now, or queue; False if it had to be dropped."""
+        if not self.paused and not self.queue:
+            self._send(payload)
+            return True
+        if self.queued_bytes + len(payload) > self.limit:
+            return False
+        self.queue.append(payload)
+        self.queued_bytes += len(payload)
+        return True
 
     def pauseProducing(self) -> None:
         self.paused = True
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self.backlog = 0
+        queue = self.queue
+        while queue and not self.paused:  # sending may pause us again at once
+            payload = queue.popleft()
+            self.queued_bytes -= len(payload)
+            self._send(payload)
 
     def stopProducing(self) -> None:
         self.paused = True
+        self.queue.clear()
+        self.queued_bytes = 0
 
 
 class MeshConnection:
@@ -92,7 +115,7 @@ class MeshConnection:
     def _mesh_init(self, mesh: WebSocketMesh) -> None:
         self.mesh = mesh
         self.session = GravSession(self.role, mesh.node_uuid, mesh.belongs_to)
-        self.window = SendWindow()
+        self.window = SendWindow(self._send_binary, mesh.peer_backlog_limit)
         #: The peer's node uuid once registered with the mesh.
         self.node_uuid: str | None = None
         #: Set when the mesh keeps another connection to the same node instead of this one.
@@ -129,6 +152,10 @@ class MeshConnection:
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[misc]
+        # Autobahn sets TCP_NODELAY before it has read its own option, so it never takes
+        # effect; without it every small frame waits for Nagle and delayed ACKs (~40 ms).
+        with suppress(Exception):
+            self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
         self.transport.registerProducer(self.window, True)  # type: ignore[attr-defined]
 
     def onOpen(self) -> None:
@@ -185,13 +212,11 @@ class MeshConnection:
 
     def send_payload(self, payload: bytes) -> None:
         """One message frame; dropped (and counted) while the peer is over its backlog."""
-        window = self.window
-        if window.paused:
-            window.backlog += len(payload)
-            if window.backlog > self.mesh.peer_backlog_limit:
-                self.dropped += 1
-                self.mesh._dropped_for(self)
-                return
+        if not self.window.offer(payload):
+            self.dropped += 1
+            self.mesh._dropped_for(self)
+
+    def _send_binary(self, payload: bytes) -> None:
         with suppress(Disconnected):
             self.sendMessage(payload, isBinary=True)  # type: ignore[attr-defined]
 
