@@ -230,10 +230,12 @@ def test_garbage_text_raises_only_not_a_message(garbage: str) -> None:
         grav.decode_message(garbage)
 
 
+def containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner)
+
+
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
-    max_leaves=10,
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10), containers, max_leaves=10
 )
 
 

@@ -440,3 +440,27 @@ async def test_a_peer_that_stops_reading_costs_bounded_memory_and_stalls_no_one(
         stuck.close()
         await hub.stop()
         await reader.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_discovered_peers_that_vanish_are_forgotten_but_configured_ones_are_not() -> None:
+    from txloom.bus.mesh.dialer import DISCOVERED_GIVE_UP
+
+    node = await Node(reconnect_initial=0.001, reconnect_max=0.002).start()
+    try:
+        from support.processes import free_port
+
+        gone = f"ws://127.0.0.1:{free_port()}/meta/message"
+        also_gone = f"ws://127.0.0.1:{free_port()}/meta/message"
+        node.mesh.found(gone, "11111111-0000-4000-8000-000000000000")
+        node.mesh.dial(also_gone)
+        discovered = node.mesh._dialers[gone]
+        configured = node.mesh._dialers[also_gone]
+        await until(lambda: discovered.state == "stopped", 10, "the discovered dialer to stop")
+        assert discovered.failures == DISCOVERED_GIVE_UP
+        await until(lambda: configured.failures > DISCOVERED_GIVE_UP, 10, "more attempts")
+        assert configured.state != "stopped"
+        node.mesh.found(gone, "11111111-0000-4000-8000-000000000000")  # announced again
+        assert node.mesh._dialers[gone] is not discovered
+    finally:
+        await node.stop()

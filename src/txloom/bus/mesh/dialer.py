@@ -23,13 +23,18 @@ if TYPE_CHECKING:
     from txloom.bus.mesh.mesh import WebSocketMesh
     from txloom.bus.mesh.peer import MeshConnection
 
-__all__ = ["BACKOFF_FACTOR", "CONNECT_TIMEOUT", "PeerDialer"]
+__all__ = ["BACKOFF_FACTOR", "CONNECT_TIMEOUT", "DISCOVERED_GIVE_UP", "PeerDialer"]
 
 #: Each failed attempt multiplies the delay by this (up to the mesh's ``reconnect_max``).
 BACKOFF_FACTOR = 2.0
 
 #: Seconds a TCP (or TLS) connection attempt may take.
 CONNECT_TIMEOUT = 10.0
+
+#: A peer found by discovery that fails this many attempts in a row is forgotten (its
+#: dialer stops); if it is still there, its next announcement brings it back. Configured
+#: peers are never given up.
+DISCOVERED_GIVE_UP = 8
 
 
 class PeerDialer:
@@ -146,6 +151,17 @@ class PeerDialer:
 
     def _failed(self, reason: str) -> None:
         self.failures += 1
+        if self.expected_uuid is not None and self.failures >= DISCOVERED_GIVE_UP:
+            self.log.info(
+                "giving up on discovered peer {node} at {url} after {n} failed attempts "
+                "({reason}); it is dialled again if it announces itself",
+                node=self.expected_uuid,
+                url=str(self.url),
+                n=self.failures,
+                reason=reason,
+            )
+            self.stop()
+            return
         delay = self._delay(self.failures)
         if self.failures & (self.failures - 1) == 0:  # 1, 2, 4, ...: visible, never a flood
             self.log.warn(
