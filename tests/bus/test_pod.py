@@ -273,3 +273,24 @@ def test_handler_none_ignores_messages() -> None:
 def test_policy_names(policy: str) -> None:
     bus, _ = clocked_bus(slow_pod_policy=policy)
     assert bus.slow_pod_policy.value == policy
+
+
+def test_a_handler_that_replaces_itself_mid_batch() -> None:
+    bus, clock = clocked_bus()
+    pod = bus.connect()
+    seen: list[str] = []
+
+    def second(m: Message) -> None:
+        seen.append("second:" + m.msg_type)
+
+    def first(m: Message) -> None:
+        seen.append("first:" + m.msg_type)
+        pod.on(second)
+
+    pod.on(first)
+    sender = bus.connect()
+    for t in ("a", "b", "c"):
+        sender.send(Message.new(t))
+    settle(clock)
+    assert seen == ["first:a", "second:b", "second:c"]
+    assert pod._fast  # back on the fast path afterwards

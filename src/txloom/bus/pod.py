@@ -254,15 +254,18 @@ class Pod:
         return self._filter
 
     def _after_handler_change(self) -> None:
+        self._fast = False
         if self._replay_pending and self._handler is not None and self._connected:
             self._replay_pending = False
             replay = self._bus._replay_for(self)
             if self._filter is not None:
                 replay = [m for m in replay if self._filter.allows(m)]
             self._queue.extendleft(reversed(replay))
-            self._refresh()
             self._drain()
-        else:
+        elif not self._bus._flushing:
+            # During a flush the bus may hold the old handler in its fast loop; leaving
+            # ``_fast`` off sends the rest of the batch down the general path, which reads
+            # the new handler, and refreshes the flag at its end.
             self._refresh()
 
     # =========================================================================================

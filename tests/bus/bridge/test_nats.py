@@ -195,8 +195,12 @@ async def test_a_bridge_carries_a_whole_mesh(nats_server: NatsServer) -> None:  
         b_in, c_in = Inbox(buses["b"].connect()), Inbox(buses["c"].connect())
         from_b = [buses["b"].connect().send(Message.new("orders.created")).uuid for _ in range(10)]
         from_c = [buses["c"].connect().send(Message.new("orders.paid")).uuid for _ in range(10)]
-        await within(c_in.until(lambda ms: sum(m.msg_type == "orders.created" for m in ms) == 10))
-        await within(b_in.until(lambda ms: sum(m.msg_type == "orders.paid" for m in ms) == 10))
+        try:
+            await c_in.until(lambda ms: sum(m.msg_type == "orders.created" for m in ms) == 10)
+            await b_in.until(lambda ms: sum(m.msg_type == "orders.paid" for m in ms) == 10)
+        except Exception as e:
+            state = [b.describe() for b in bridges], [m.stats.as_dict() for m in meshes.values()]
+            raise AssertionError(f"{e!r}: {len(b_in.messages)} {len(c_in.messages)} {state}") from e
         fence = buses["c"].connect().send(Message.new("orders.paid")).uuid
         await within(b_in.has(fence))
         assert [m.uuid for m in c_in.messages if m.msg_type == "orders.created"] == from_b

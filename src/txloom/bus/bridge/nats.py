@@ -95,6 +95,7 @@ class NatsBridge:
         # reactor -> loop: publications, handed over in batches
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._outbox_scheduled = False
+        self._publishing = False
         # loop -> reactor: deliveries, handed over in batches
         self._inbox: deque[bytes] = deque()
         self._inbox_scheduled = False
@@ -292,18 +293,24 @@ class NatsBridge:
 
     async def _publish(self) -> None:
         self._outbox_scheduled = False
-        nc = self._nc
+        if self._publishing:  # the running task drains what was added meanwhile
+            return
+        self._publishing = True
         outbox = self._outbox
-        count = 0
-        while outbox:
-            subject, payload = outbox.popleft()
-            try:
-                await nc.publish(subject, payload)
-            except Exception as e:
-                self._say("warn", "NATS publish failed: {error}", error=str(e))
-                break
-            count += 1
-        self.published += count
+        try:
+            while outbox and not self._stopping:
+                subject, payload = outbox[0]
+                try:
+                    await self._nc.publish(subject, payload)
+                except Exception as e:
+                    # kept at the head of the outbox: tried again once NATS is back
+                    self._say("warn", "NATS publish failed ({error}); retrying", error=str(e))
+                    await asyncio.sleep(self.reconnect_wait)
+                    continue
+                outbox.popleft()
+                self.published += 1
+        finally:
+            self._publishing = False
 
     async def _from_nats(self, msg: Any) -> None:
         flowing = self._flowing
