@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from txloom.bus.buffer import DEFAULT_REPLAY_SIZE, MsgBuffer
 from txloom.bus.errors import TransportNotConfigured
 from txloom.bus.message import Message
+from txloom.bus.once import Once
 from txloom.bus.pod import Pod
 
 __all__ = [
@@ -123,7 +124,7 @@ class Bus:
         self._producers: list[IPushProducer] = []
         self._writable: list[Deferred[None]] = []
         self._transports: list[Any] = []
-        self._stopping: Deferred[None] | None = None
+        self._stop_once = Once(self._stop)
 
     # =========================================================================================
     # Pods
@@ -161,7 +162,7 @@ class Bus:
         return pod_id
 
     def _add(self, pod: Pod) -> Pod:
-        if self._stopping is not None:
+        if self._stop_once.started:
             raise RuntimeError("the bus is stopped")
         self._pods = (*self._pods, pod)
         return pod
@@ -334,11 +335,7 @@ class Bus:
 
     def stop(self) -> Deferred[None]:
         """Withdraw and stop the transports, deliver what is pending, disconnect every pod."""
-        if self._stopping is None:
-            self._stopping = Deferred.fromCoroutine(self._stop())
-        d: Deferred[None] = Deferred()
-        self._stopping.addCallback(lambda _: d.callback(None))
-        return d
+        return self._stop_once()
 
     async def _stop(self) -> None:
         for transport in reversed(self._transports):

@@ -43,6 +43,8 @@ DEFAULT_INTERVAL = 10.0
 
 
 class _Listener(DatagramProtocol):
+    noisy = False
+
     def __init__(self, owner: LocalMulticastDiscovery) -> None:
         self.owner = owner
 

@@ -36,6 +36,7 @@ from txloom.bus.mesh.peer import (
 )
 from txloom.bus.mesh.urls import DEFAULT_PATH, PeerURL
 from txloom.bus.message import Message, new_uuid
+from txloom.bus.once import Once
 from txloom.bus.seen import DEFAULT_SEEN_CAPACITY, SeenSet
 from txloom.interfaces import IMeshTransport
 from txloom.wire.grav import MAX_HOPS, Handshake, HandshakeReply, MessageFields, encode_message
@@ -168,7 +169,7 @@ class WebSocketMesh:
         self._watchers: list[tuple[int, Deferred[None]]] = []
         self._seen = SeenSet(seen_capacity)
         self._reading_paused = False
-        self._stopping: Deferred[None] | None = None
+        self._stop_once = Once(self._stop)
         self._pod = bus.connect()
         self._pod.on(self._from_bus)
         self._post = bus._post
@@ -208,11 +209,7 @@ class WebSocketMesh:
 
     def stop(self) -> Deferred[None]:
         """Withdraw, stop dialling and listening, close every connection."""
-        if self._stopping is None:
-            self._stopping = Deferred.fromCoroutine(self._stop())
-        d: Deferred[None] = Deferred()
-        self._stopping.addCallback(lambda _: d.callback(None))
-        return d
+        return self._stop_once()
 
     async def _stop(self) -> None:
         if not self.withdrawn:
