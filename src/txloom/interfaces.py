@@ -230,3 +230,78 @@ class IAddressResolver(Interface):
 # =============================================================================================
 # Bus node (txloom.bus)
 # =============================================================================================
+
+
+class IMeshTransport(IRunnable):
+    """Carries bus messages between this node and its peers (the WebSocket mesh, or another).
+
+    A mesh transport is a pod on its bus: it sends every message its pod receives to every
+    peer that has not withdrawn, and hands every message a peer sends to its pod, so that
+    the bus's self-filter keeps peer traffic from going straight back out. It must deliver
+    each message to its bus at most once (dropping uuids it has already seen), keep at most
+    one connection per peer node, and never let one slow peer hold up the others.
+    ``start`` begins listening; ``stop`` withdraws first, then closes every connection.
+    """
+
+    node_uuid = Attribute("This node's uuid, as sent in handshakes and announcements.")
+    belongs_to = Attribute("This node's group; '*' matches every group.")
+    path = Attribute("The path peers dial, e.g. '/meta/message'.")
+    listening_port = Attribute("The bound port once started (None when not listening).")
+
+    def dial(url, node_uuid=None):  # type: ignore[misc]
+        """Keep the node at ``url`` connected, redialling with backoff when it drops.
+
+        ``node_uuid`` (when discovery announced it) is checked against the peer's
+        handshake. Returns a Deferred that fires with the peer's node uuid once connected.
+        """
+
+    def found(url, node_uuid=None):  # type: ignore[misc]
+        """Discovery's callback: dial ``url`` unless it is this node or already connected.
+
+        Called repeatedly for the same peer; must be cheap and idempotent. Never raises.
+        """
+
+    def is_connected(node_uuid):  # type: ignore[misc]
+        """True while a handshaked connection to ``node_uuid`` is open."""
+
+    def withdraw():  # type: ignore[misc]
+        """Tell every peer this node leaves (they stop sending to it); stop dialling.
+
+        Returns a Deferred that fires once every peer acknowledged or a timeout passed.
+        """
+
+
+class IDiscovery(Interface):
+    """Finds peers for a mesh transport.
+
+    Implementations: static peer lists, Grav-compatible LAN multicast. A discovery reports
+    what it finds and never dials by itself; the mesh decides (it skips itself and nodes
+    already connected), so reporting the same peer often is expected and harmless.
+    """
+
+    def start(announcement, found):  # type: ignore[misc]
+        """Begin discovering.
+
+        ``announcement`` (a ``txloom.wire.grav.Announcement``: uuid, port, path) is what
+        this node advertises, where the discovery advertises at all. ``found(url,
+        node_uuid)`` is called for each peer found (``node_uuid`` None when unknown).
+        Returns a Deferred that fires once discovery runs (or fails with the reason,
+        e.g. the kernel refused multicast).
+        """
+
+    def stop():  # type: ignore[misc]
+        """Stop announcing and listening; returns a Deferred. Stopping twice is allowed."""
+
+
+class IBridgeTransport(IRunnable):
+    """Carries chosen message types between the bus and an external broker (NATS).
+
+    A bridge is a pod on its bus: it publishes each local message of a bridged type (one
+    subject per type, the message JSON as payload) and sends into its bus each message the
+    broker delivers. It must never hand a message back to the side it came from: its own
+    publications are not delivered back to it, and a uuid it has already seen (sent or
+    received) is dropped. ``start`` fires once subscribed; ``stop`` unsubscribes and
+    drains.
+    """
+
+    message_types = Attribute("The message types bridged, in both directions.")

@@ -1,0 +1,583 @@
+"""The Grav v0.5.x mesh wire: message JSON, node handshakes, withdraw words, discovery datagrams.
+
+Everything a txloom bus node puts on a socket or reads from one lives here, as pure functions
+and one small state machine (``GravSession``) that turns WebSocket frames into events. The
+WebSocket framing itself belongs to the transport; a "frame" here is one whole WebSocket
+message payload.
+
+Byte-exactness with Go matters because Grav nodes are peers, and because a reader of a
+packet capture should see the same bytes whichever implementation wrote them. So the encoder
+writes fields in Go's struct order, escapes strings as Go's ``encoding/json`` does (HTML
+characters and U+2028/U+2029 as ``\\u`` escapes) and formats timestamps as Go's
+``time.Time`` marshals them: RFC 3339 with trailing zeros of the fraction trimmed and ``Z``
+for a zero offset.
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from txloom.wire.errors import LocalProtocolError, RemoteProtocolError
+from txloom.wire.rfc3339 import (
+    ZERO_TIME_NS,
+    BadTimestamp,
+    format_timestamp,
+    parse_timestamp,
+)
+
+__all__ = [
+    "DEFAULT_MSG_TYPE",
+    "MAX_DATAGRAM_SIZE",
+    "MAX_HOPS",
+    "WEBSOCKET_MSG_TYPE",
+    "WITHDRAW",
+    "WITHDRAW_ACK",
+    "ZERO_TIME_NS",
+    "Announcement",
+    "BadAnnouncement",
+    "BadHandshake",
+    "BadTimestamp",
+    "ForeignFrame",
+    "GravError",
+    "GravSession",
+    "Handshake",
+    "HandshakeReply",
+    "MessageFields",
+    "MessageFrame",
+    "MessageLike",
+    "NotAMessage",
+    "Role",
+    "SessionState",
+    "Withdraw",
+    "WithdrawAck",
+    "decode_announcement",
+    "decode_handshake",
+    "decode_handshake_reply",
+    "decode_message",
+    "encode_announcement",
+    "encode_handshake",
+    "encode_handshake_reply",
+    "encode_message",
+    "format_timestamp",
+    "parse_timestamp",
+]
+
+#: The type a message gets when its sender named none (Grav's ``grav.DefaultMsgType``).
+DEFAULT_MSG_TYPE = "grav.default"
+
+#: The type given to a frame from a peer that is not a message: its bytes become the data.
+WEBSOCKET_MSG_TYPE = "websocket.message"
+
+#: The text frame a node sends to leave the mesh politely, and the peer's answer.
+WITHDRAW = b"WITHDRAW"
+WITHDRAW_ACK = b"WITHDRAW ACK"
+
+#: Largest hop count a relayed message may carry (txloom's relay extension; see ``hops``).
+MAX_HOPS = 255
+
+#: Largest discovery datagram read; Grav's are under 100 bytes.
+MAX_DATAGRAM_SIZE = 1024
+
+
+# =============================================================================================
+# Errors
+# =============================================================================================
+
+
+class GravError(RemoteProtocolError):
+    """Base of the errors a peer can cause on the Grav wire."""
+
+
+class NotAMessage(GravError):
+    """The bytes are not a message JSON object (a peer's frame then becomes a
+    ``websocket.message``; a bridge drops it)."""
+
+
+class BadHandshake(GravError):
+    """The first frame of a connection is not a handshake (or its answer is not one)."""
+
+
+class BadAnnouncement(GravError):
+    """A discovery datagram that is not a node announcement."""
+
+
+# =============================================================================================
+# JSON helpers shared by every Grav object
+# =============================================================================================
+
+_encode_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_GO_ESCAPES = re.compile("[<>&\u2028\u2029]")
+_GO_ESCAPE_MAP = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def _go_escape(match: re.Match[str]) -> str:
+    return _GO_ESCAPE_MAP[match.group()]
+
+
+def _go_str(value: str) -> str:
+    """A JSON string literal as Go's encoding/json writes it (HTML-safe, \\b and \\f short)."""
+    text = _encode_str(value)
+    if _GO_ESCAPES.search(text) is not None:
+        text = _GO_ESCAPES.sub(_go_escape, text)
+    return text
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_json_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+_decode_json = _json_decoder.decode
+
+
+def _load_object(data: bytes | bytearray | memoryview | str, error: type[GravError]) -> dict:
+    try:
+        text = data if type(data) is str else bytes(data).decode("utf-8")
+        value = _decode_json(text)
+    except UnicodeDecodeError as e:
+        raise error(f"not UTF-8: {e.reason} at byte {e.start}") from None
+    except RecursionError:
+        raise error("JSON nests too deeply") from None
+    except ValueError as e:
+        raise error(f"not JSON: {e}") from None
+    if type(value) is not dict:
+        raise error(f"JSON {type(value).__name__}, not an object")
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean(value: str) -> str:
+    """Replace lone surrogates (from ``\\ud800``-style escapes) with U+FFFD, as Go does."""
+    if value.isascii():
+        return value
+    return _SURROGATE.sub("\ufffd", value)
+
+
+def _opt_str(obj: dict, key: str, error: type[GravError], default: str = "") -> str:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if type(value) is not str:
+        raise error(f"{key!r} is a {type(value).__name__}, not a string")
+    return _clean(value)
+
+
+# =============================================================================================
+# Messages
+# =============================================================================================
+
+
+class MessageFields(NamedTuple):
+    """The fields of one message as they travel; ``hops`` is txloom's relay counter."""
+
+    uuid: str
+    parent_id: str
+    response_to: str
+    msg_type: str
+    timestamp_ns: int
+    utc_offset: int
+    data: bytes
+    hops: int = 0
+
+
+class MessageLike(Protocol):
+    """Anything with a message's fields: ``MessageFields``, ``txloom.bus.Message``."""
+
+    uuid: str
+    parent_id: str
+    response_to: str
+    msg_type: str
+    timestamp_ns: int
+    utc_offset: int
+    data: bytes
+
+
+def encode_message(m: MessageLike, hops: int = 0) -> bytes:
+    """The message JSON, byte for byte as a Grav node marshals it.
+
+    Empty ``data`` is written as ``null`` (a Go message made without data). A non-zero
+    ``hops`` (only on relayed frames) adds a ``"hops"`` member at the end of ``meta``;
+    Go's decoder ignores members it does not know, so Grav nodes still read the message.
+    """
+    data = m.data
+    s = _go_str
+    meta = (
+        '{"meta":{"uuid":'
+        + s(m.uuid)
+        + ',"parent_id":'
+        + s(m.parent_id)
+        + ',"response_to":'
+        + s(m.response_to)
+        + ',"msg_type":'
+        + s(m.msg_type)
+        + ',"timestamp":"'
+        + format_timestamp(m.timestamp_ns, m.utc_offset)
+    )
+    if hops:
+        if not 0 < hops <= MAX_HOPS:
+            raise LocalProtocolError(f"hop count {hops} out of range")
+        meta += f'","hops":{hops}'
+    else:
+        meta += '"'
+    if data:
+        payload = '},"payload":{"data":"' + binascii.b2a_base64(data, newline=False).decode()
+        text = meta + payload + '"}}'
+    else:
+        text = meta + '},"payload":{"data":null}}'
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise LocalProtocolError(f"message field holds a lone surrogate: {e}") from None
+
+
+def decode_message(frame: bytes | bytearray | memoryview | str) -> MessageFields:
+    """Parse a message JSON object; raise ``NotAMessage`` for anything else.
+
+    A message is a JSON object whose ``meta`` is an object with a non-empty string
+    ``uuid``. Other members may be absent (they take Go's zero values: empty strings, the
+    zero time, no data) but must have the right type when present; ``data`` must be null or
+    standard padded base64. Unknown members are ignored, as Go ignores them.
+    """
+    obj = _load_object(frame, NotAMessage)
+    meta = obj.get("meta")
+    if type(meta) is not dict:
+        raise NotAMessage("no 'meta' object")
+    uuid = meta.get("uuid")
+    if type(uuid) is not str or not uuid:
+        raise NotAMessage("'meta' has no uuid string")
+    stamp = meta.get("timestamp")
+    if stamp is None:
+        ns, offset = ZERO_TIME_NS, 0
+    else:
+        try:
+            ns, offset = parse_timestamp(stamp)
+        except BadTimestamp as e:
+            raise NotAMessage(str(e)) from None
+    hops = meta.get("hops", 0)
+    if type(hops) is not int or not 0 <= hops <= MAX_HOPS:
+        raise NotAMessage(f"'hops' must be an integer in 0..{MAX_HOPS}")
+    payload = obj.get("payload")
+    data = b""
+    if payload is not None:
+        if type(payload) is not dict:
+            raise NotAMessage("'payload' is not an object")
+        raw = payload.get("data")
+        if raw is not None:
+            if type(raw) is not str:
+                raise NotAMessage("'payload.data' is not a base64 string")
+            data = _b64decode(raw)
+    return MessageFields(
+        _clean(uuid),
+        _opt_str(meta, "parent_id", NotAMessage),
+        _opt_str(meta, "response_to", NotAMessage),
+        _opt_str(meta, "msg_type", NotAMessage),
+        ns,
+        offset,
+        data,
+        hops,
+    )
+
+
+_B64_CHARS = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def _b64decode(text: str) -> bytes:
+    if len(text) % 4 or _B64_CHARS.fullmatch(text) is None:
+        raise NotAMessage("'payload.data' is not standard padded base64")
+    try:
+        return binascii.a2b_base64(text)
+    except binascii.Error as e:
+        raise NotAMessage(f"'payload.data' is not base64: {e}") from None
+
+
+# =============================================================================================
+# Handshakes
+# =============================================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What a dialling node says first: who it is and which group it belongs to."""
+
+    uuid: str
+    belongs_to: str
+    interests: tuple[str, ...] | None = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeReply:
+    """The listening node's answer; on refusal it closes the connection."""
+
+    accept: bool
+    uuid: str
+    belongs_to: str
+    interests: tuple[str, ...] | None = ()
+
+
+def _interests_json(interests: tuple[str, ...] | None) -> str:
+    if interests is None:
+        return "null"
+    return "[" + ",".join(_go_str(i) for i in interests) + "]"
+
+
+def encode_handshake(hs: Handshake) -> bytes:
+    """``{"uuid":...,"belongsTo":...,"interests":[...]}``"""
+    return (
+        '{"uuid":'
+        + _go_str(hs.uuid)
+        + ',"belongsTo":'
+        + _go_str(hs.belongs_to)
+        + ',"interests":'
+        + _interests_json(hs.interests)
+        + "}"
+    ).encode("utf-8")
+
+
+def encode_handshake_reply(reply: HandshakeReply) -> bytes:
+    """``{"accept":...,"uuid":...,"belongsTo":...,"interests":...}``"""
+    return (
+        '{"accept":'
+        + ("true" if reply.accept else "false")
+        + ',"uuid":'
+        + _go_str(reply.uuid)
+        + ',"belongsTo":'
+        + _go_str(reply.belongs_to)
+        + ',"interests":'
+        + _interests_json(reply.interests)
+        + "}"
+    ).encode("utf-8")
+
+
+def refusal(node_uuid: str) -> HandshakeReply:
+    """The refusal exactly as a Grav node sends it (empty group, null interests)."""
+    return HandshakeReply(False, node_uuid, "", None)
+
+
+def _interests(obj: dict) -> tuple[str, ...] | None:
+    value = obj.get("interests")
+    if value is None:
+        return None
+    if type(value) is not list or any(type(i) is not str for i in value):
+        raise BadHandshake("'interests' is not a list of strings")
+    return tuple(_clean(i) for i in value)
+
+
+def decode_handshake(frame: bytes | bytearray | memoryview | str) -> Handshake:
+    obj = _load_object(frame, BadHandshake)
+    uuid = obj.get("uuid")
+    if type(uuid) is not str or not uuid:
+        raise BadHandshake("handshake has no node uuid")
+    if "accept" in obj:
+        raise BadHandshake("a handshake reply where a handshake was expected")
+    return Handshake(_clean(uuid), _opt_str(obj, "belongsTo", BadHandshake), _interests(obj))
+
+
+def decode_handshake_reply(frame: bytes | bytearray | memoryview | str) -> HandshakeReply:
+    obj = _load_object(frame, BadHandshake)
+    accept = obj.get("accept")
+    if type(accept) is not bool:
+        raise BadHandshake("handshake reply has no boolean 'accept'")
+    uuid = obj.get("uuid", "")
+    if type(uuid) is not str or (accept and not uuid):
+        raise BadHandshake("handshake reply has no node uuid")
+    return HandshakeReply(
+        accept, _clean(uuid), _opt_str(obj, "belongsTo", BadHandshake), _interests(obj)
+    )
+
+
+def groups_match(local: str, peer: str) -> bool:
+    """Grav's rule: a peer is accepted when its group equals ours or is ``"*"``."""
+    return peer in (local, "*")
+
+
+# =============================================================================================
+# The per-connection state machine
+# =============================================================================================
+
+
+class Role(enum.Enum):
+    DIALLER = "dialler"
+    LISTENER = "listener"
+
+
+class SessionState(enum.Enum):
+    AWAITING_HANDSHAKE = "awaiting handshake"  # listener, before the peer said who it is
+    AWAITING_REPLY = "awaiting reply"  # dialler, handshake sent
+    DECIDING = "deciding"  # listener, handshake received, not yet answered
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFrame:
+    """A message from the peer."""
+
+    fields: MessageFields
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignFrame:
+    """Bytes from the peer that are not a message (they become a ``websocket.message``)."""
+
+    data: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """The peer leaves the mesh: stop sending to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawAck:
+    """The peer saw our withdraw."""
+
+
+Event = Handshake | HandshakeReply | MessageFrame | ForeignFrame | Withdraw | WithdrawAck
+
+
+class GravSession:
+    """One mesh connection's protocol state, in frames and events (no I/O).
+
+    The transport feeds every whole WebSocket message to ``receive_frame`` and writes the
+    bytes the ``send_*`` methods return (binary frames, except the withdraw words, which go
+    out as text frames). A listener gets a ``Handshake`` event first and must answer it with
+    ``accept`` or ``refuse``; a dialler sends ``handshake()`` first and gets a
+    ``HandshakeReply``. Once open, frames become ``MessageFrame``, ``ForeignFrame``,
+    ``Withdraw`` or ``WithdrawAck`` events. Errors before the session is open raise
+    ``BadHandshake``; after that nothing a peer sends is an error (Grav turns unknown frames
+    into ``websocket.message`` messages).
+    """
+
+    def __init__(self, role: Role, node_uuid: str, belongs_to: str = "*") -> None:
+        self.role = role
+        self.node_uuid = node_uuid
+        self.belongs_to = belongs_to
+        #: The peer's handshake (listener) or reply (dialler), once received.
+        self.peer: Handshake | HandshakeReply | None = None
+        self.state = (
+            SessionState.AWAITING_HANDSHAKE
+            if role is Role.LISTENER
+            else SessionState.AWAITING_REPLY
+        )
+        #: The peer said WITHDRAW: nothing more is to be sent to it.
+        self.peer_withdrawn = False
+
+    @property
+    def peer_uuid(self) -> str | None:
+        return self.peer.uuid if self.peer is not None else None
+
+    def handshake(self, interests: tuple[str, ...] = ()) -> bytes:
+        """The dialler's first frame."""
+        if self.role is not Role.DIALLER:
+            raise LocalProtocolError("only the dialling side sends a handshake")
+        return encode_handshake(Handshake(self.node_uuid, self.belongs_to, interests))
+
+    def accept(self, interests: tuple[str, ...] = ()) -> bytes:
+        """The listener's yes; the session is open."""
+        self._expect(SessionState.DECIDING, "accept")
+        self.state = SessionState.OPEN
+        return encode_handshake_reply(
+            HandshakeReply(True, self.node_uuid, self.belongs_to, interests)
+        )
+
+    def refuse(self) -> bytes:
+        """The listener's no; the caller closes the connection after sending it."""
+        self._expect(SessionState.DECIDING, "refuse")
+        self.state = SessionState.CLOSED
+        return encode_handshake_reply(refusal(self.node_uuid))
+
+    def _expect(self, state: SessionState, what: str) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(f"cannot {what} in state {self.state.value}")
+
+    def closed(self) -> None:
+        self.state = SessionState.CLOSED
+
+    def receive_frame(self, payload: bytes, is_binary: bool = True) -> Event | None:
+        """The event one whole WebSocket message makes; ``None`` once closed."""
+        state = self.state
+        if state is SessionState.OPEN:
+            if not is_binary:
+                if payload == WITHDRAW:
+                    self.peer_withdrawn = True
+                    return Withdraw()
+                if payload == WITHDRAW_ACK:
+                    return WithdrawAck()
+            try:
+                return MessageFrame(decode_message(payload))
+            except NotAMessage as e:
+                return ForeignFrame(bytes(payload), str(e))
+        if state is SessionState.AWAITING_HANDSHAKE:
+            hs = decode_handshake(payload)
+            self.peer = hs
+            self.state = SessionState.DECIDING
+            return hs
+        if state is SessionState.AWAITING_REPLY:
+            reply = decode_handshake_reply(payload)
+            self.peer = reply
+            self.state = SessionState.OPEN if reply.accept else SessionState.CLOSED
+            return reply
+        if state is SessionState.DECIDING:
+            raise BadHandshake("peer sent a frame before its handshake was answered")
+        return None
+
+
+# =============================================================================================
+# Local discovery datagrams
+# =============================================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """What a node multicasts so that others on the LAN can dial it."""
+
+    uuid: str
+    port: int
+    path: str
+
+
+def encode_announcement(ann: Announcement) -> bytes:
+    """``{"uuid":...,"port":"8080","path":"/meta/message"}`` (the port is a string, as in Grav)."""
+    if not 0 < ann.port < 65536:
+        raise LocalProtocolError(f"port {ann.port} out of range")
+    return (
+        '{"uuid":'
+        + _go_str(ann.uuid)
+        + ',"port":"'
+        + str(ann.port)
+        + '","path":'
+        + _go_str(ann.path)
+        + "}"
+    ).encode("utf-8")
+
+
+def decode_announcement(datagram: bytes) -> Announcement:
+    if len(datagram) > MAX_DATAGRAM_SIZE:
+        raise BadAnnouncement(f"datagram of {len(datagram)} bytes is too large")
+    obj = _load_object(datagram, BadAnnouncement)
+    uuid = obj.get("uuid")
+    if type(uuid) is not str or not uuid:
+        raise BadAnnouncement("announcement has no node uuid")
+    port = obj.get("port")
+    if type(port) is str and port.isascii() and port.isdigit() and len(port) <= 5:
+        port = int(port)
+    if type(port) is not int or not 0 < port < 65536:
+        raise BadAnnouncement(f"announcement port {obj.get('port')!r:.20} is not a port")
+    path = obj.get("path", "")
+    if type(path) is not str or not path.startswith("/") or not path.isprintable():
+        raise BadAnnouncement("announcement path is not an absolute path")
+    return Announcement(_clean(uuid), port, path)

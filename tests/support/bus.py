@@ -1,0 +1,125 @@
+"""Small helpers shared by the bus tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from txloom.bus import Bus, Message, Pod
+
+
+def settle(clock: Clock, rounds: int = 10_000) -> None:
+    """Run every call due now (the bus's flushes and what they schedule) on ``clock``."""
+    for _ in range(rounds):
+        if not any(c.getTime() <= clock.seconds() for c in clock.getDelayedCalls()):
+            return
+        clock.advance(0)
+    raise AssertionError("the bus kept scheduling work for ever")
+
+
+def clocked_bus(**kwargs: object) -> tuple[Bus, Clock]:
+    clock = Clock()
+    return Bus(reactor=clock, **kwargs), clock  # type: ignore[arg-type]
+
+
+class Inbox:
+    """A pod's received messages, with a Deferred wait for "at least n of them"."""
+
+    def __init__(self, pod: Pod, msg_type: str | None = None) -> None:
+        self.pod = pod
+        self.messages: list[Message] = []
+        self._waits: list[tuple[Callable[[list[Message]], bool], Deferred[list[Message]]]] = []
+        if msg_type is None:
+            pod.on(self._got)
+        else:
+            pod.on_type(msg_type, self._got)
+
+    def _got(self, msg: Message) -> None:
+        self.messages.append(msg)
+        ready = [(c, d) for c, d in self._waits if c(self.messages)]
+        self._waits = [(c, d) for c, d in self._waits if not c(self.messages)]
+        for _, d in ready:
+            d.callback(self.messages)
+
+    def until(self, check: Callable[[list[Message]], bool], timeout: float = 10.0) -> Deferred:
+        d: Deferred[list[Message]] = Deferred()
+        if check(self.messages):
+            d.callback(self.messages)
+        else:
+            self._waits.append((check, d))
+        from twisted.internet import reactor
+
+        return d.addTimeout(timeout, reactor)
+
+    def count(self, n: int, timeout: float = 10.0) -> Deferred:
+        return self.until(lambda msgs: len(msgs) >= n, timeout)
+
+    def has(self, uuid: str, timeout: float = 10.0) -> Deferred:
+        return self.until(lambda msgs: any(m.uuid == uuid for m in msgs), timeout)
+
+    def uuids(self) -> list[str]:
+        return [m.uuid for m in self.messages]
+
+
+def within(d: Deferred, seconds: float = 10.0) -> Deferred:
+    from twisted.internet import reactor
+
+    return d.addTimeout(seconds, reactor)
+
+
+async def until(check: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    """Wait (checking every few ms, never longer than ``timeout``) until ``check()`` holds."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + timeout
+    while not check():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        await deferLater(reactor, 0.005, lambda: None)
+
+
+def self_signed_certificate(directory: Path, host: str = "localhost") -> tuple[Path, Path]:
+    """A throwaway CA-less server certificate for ``host`` (and 127.0.0.1): (cert, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(host), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "node.pem", directory / "node.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
