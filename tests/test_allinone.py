@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
+import uuid
 
 import pytest
 
+from support.bus_peer import RawGravPeer
 from support.processes import twistd
 from support.store import short_tempdir
 from txloom.store.blocking import NetworkBackend
@@ -21,11 +24,13 @@ def test_all_in_one_node_serves_every_part_and_exits_cleanly(tmp_path) -> None:
             "--locator", "tcp:0:interface=127.0.0.1",
             "--http", "tcp:0:interface=127.0.0.1",
             "--runtime", runtime,
+            "--bus-listen", "tcp:0:interface=127.0.0.1",
         )  # fmt: skip
         with node.start():
             store = node.wait_for(r"storeserver listening on tcp:127\.0\.0\.1:(\d+)")
             http = node.wait_for(r"HTTP front end listening on tcp:127\.0\.0\.1:(\d+)")
             node.wait_for(r"worker host ready")
+            bus = node.wait_for(r"bus node \S+ \(group \S+\) listening on tcp:127\.0\.0\.1:(\d+)")
 
             backend = NetworkBackend(address=f"127.0.0.1:{store.group(1)}", transport="tcp")
             assert backend.ping()
@@ -36,6 +41,10 @@ def test_all_in_one_node_serves_every_part_and_exits_cleanly(tmp_path) -> None:
             ) as r:
                 assert r.status == 200
                 assert b"Hello" in r.read()
+
+            with RawGravPeer(int(bus.group(1))) as peer:
+                ack = json.loads(peer.handshake(str(uuid.uuid4())))
+                assert ack["accept"] is True
 
             assert node.terminate() == 0, node.tail()
         assert (tmp_path / "store").is_dir()

@@ -1,11 +1,11 @@
 """``twistd txloom``: every txloom server in one process, on embedded defaults.
 
-This is what ``make run`` starts: a store server with its write-ahead log under
+This is what ``make run`` starts: a store server on 7400 with its write-ahead log under
 ``DATA/store``, the worker host serving its example apps (an echo worker through the
-Locator on 10053, a WSGI hello app over HTTP on 8080), and a bus node. Each part is built
-by its own plugin's ``Options``/``makeService``, exactly as ``twistd storeserver ...``
-would build it, so the all-in-one node never drifts from the single-purpose plugins; only
-the arguments are chosen here.
+Locator on 10053, a WSGI hello app over HTTP on 8080), and a bus node (WebSocket mesh on
+8081). Each part is built by its own plugin's ``Options``/``makeService``, exactly as
+``twistd storeserver ...`` would build it, so the all-in-one node never drifts from the
+single-purpose plugins; only the arguments are chosen here.
 """
 
 from __future__ import annotations
@@ -47,9 +47,14 @@ def _worker_arguments(options: Options) -> list[str]:
     return arguments
 
 
+def _bus_arguments(options: Options) -> list[str]:
+    return ["--listen", options["bus-listen"], "--discovery", options["bus-discovery"]]
+
+
 COMPONENTS: tuple[Component, ...] = (
     Component("store", "txloom.store.tap", _store_arguments),
     Component("workerhost", "txloom.worker.tap", _worker_arguments),
+    Component("busnode", "txloom.bus.tap", _bus_arguments),
 )
 
 
@@ -83,6 +88,18 @@ class Options(usage.Options):
         ],
         ["locator", None, "tcp:10053:interface=127.0.0.1", "Worker host: Locator endpoint."],
         ["http", None, "tcp:8080:interface=127.0.0.1", "Worker host: HTTP front end endpoint."],
+        [
+            "bus-listen",
+            None,
+            "tcp:8081:interface=127.0.0.1",
+            "Bus node: WebSocket mesh endpoint (path /meta/message).",
+        ],
+        [
+            "bus-discovery",
+            None,
+            "none",
+            "Bus node: 'none' or 'local' (Grav-compatible UDP multicast on the LAN).",
+        ],
     ]
 
     def __init__(self) -> None:

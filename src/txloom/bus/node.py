@@ -9,7 +9,6 @@ the mesh and stops everything through ``Bus.stop``.
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,10 +227,6 @@ class BusNodeService(MultiService):
         return d
 
     def _stopped_gracefully(self, _: object) -> None:
-        # twistd re-raises SIGTERM after shutdown so that the exit status reports it; a node
-        # that withdrew and closed cleanly has done what SIGTERM asks, so it exits 0.
-        if getattr(self.reactor, "_exitSignal", None) == signal.SIGTERM:
-            self.reactor._exitSignal = None
         self.log.info("bus node stopped")
 
     def _discovery_failed(self, failure: Failure, discovery: object) -> None:

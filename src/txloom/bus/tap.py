@@ -24,6 +24,7 @@ from txloom.bus.bus import DEFAULT_POD_QUEUE_LIMIT
 from txloom.bus.mesh import mesh as mesh_defaults
 from txloom.bus.mesh.urls import DEFAULT_PATH, BadPeerURL, PeerURL
 from txloom.bus.node import BusNodeConfig, BusNodeService
+from txloom.shutdown import CleanExitOnSignal
 from txloom.wire.grav import MAX_HOPS
 
 __all__ = ["Options", "makeService"]
@@ -312,5 +313,10 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> BusNodeService:
-    """The bus node service for ``twistd busnode`` (and for the all-in-one node)."""
-    return BusNodeService(options.config())
+    """The bus node service for ``twistd busnode`` (and for the all-in-one node).
+
+    SIGTERM withdraws from the mesh, closes every connection and exits 0.
+    """
+    node = BusNodeService(options.config())
+    CleanExitOnSignal(node.reactor).setServiceParent(node)
+    return node
