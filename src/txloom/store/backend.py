@@ -390,7 +390,7 @@ class StoreBackend:
             for (seq, body, meta), offset in zip(numbered, written.offsets, strict=True)
         ]
         return {
-            "index": builder.index.merged(rows),
+            "index": builder.finish().merged(rows),
             "vol": vol,
             "ids": frozenset(wanted),
             "next_seq": next_seq,

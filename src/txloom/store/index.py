@@ -8,9 +8,11 @@ Rows are kept in sequence-number order, which is WAL order for appended facts.
 
 from __future__ import annotations
 
+import operator
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from itertools import islice
 
 __all__ = ["FactIndex"]
 
@@ -41,6 +43,13 @@ class FactIndex:
     @property
     def last_seq(self) -> int:
         return self.seqs[-1] if self.seqs else 0
+
+    def recount(self) -> None:
+        """Recompute the totals after rows were added to the columns directly."""
+        self.body_bytes = sum(self.sizes)
+        times = self.times
+        self._time_ordered = all(map(operator.le, times, islice(times, 1, None)))
+        self._time_order = None
 
     def store_id(self, name: str) -> int:
         number = self._store_ids.get(name)
@@ -149,7 +158,7 @@ class FactIndex:
             new.append(seq, vol, offset, size, time, new.store_id(store))
             start = position
         new._extend(self, start, len(self))
-        new._time_ordered = all(a <= b for a, b in zip(new.times, new.times[1:], strict=False))
+        new.recount()
         return new
 
     def relocated(self, rows: Sequence[int], vol: int, offsets: Sequence[int]) -> FactIndex:
