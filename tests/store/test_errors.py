@@ -14,10 +14,7 @@ from support.store import (
     VECTOR_FACT,
     RawClient,
     frame,
-    server_config,
-    short_tempdir,
-    start_server,
-    stop_server,
+    serve,
     tcp_address,
     unix_path,
 )
@@ -26,13 +23,7 @@ from txloom.wire.crcjson import encode_object
 
 def make_server(tmp_path: Path, **overrides):
     overrides.setdefault("backend", "memory")
-    with short_tempdir() as sock_dir:
-        config = server_config(tmp_path / "data", sock_dir, **overrides)
-        service = pytest_twisted.blockon(start_server(config))
-        try:
-            yield service
-        finally:
-            pytest_twisted.blockon(stop_server(service))
+    return serve(tmp_path / "data", **overrides)
 
 
 @pytest.fixture

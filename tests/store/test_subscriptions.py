@@ -15,10 +15,7 @@ from twisted.internet.threads import deferToThread
 
 from support.store import (
     RawClient,
-    server_config,
-    short_tempdir,
-    start_server,
-    stop_server,
+    serve,
     tcp_address,
 )
 from txloom.store import Fact, NetworkBackend
@@ -26,13 +23,7 @@ from txloom.store.config import FsyncPolicy, SlowSubscriberPolicy
 
 
 def make_server(tmp_path: Path, **overrides):
-    with short_tempdir() as sock_dir:
-        config = server_config(tmp_path / "data", sock_dir, **overrides)
-        service = pytest_twisted.blockon(start_server(config))
-        try:
-            yield service
-        finally:
-            pytest_twisted.blockon(stop_server(service))
+    return serve(tmp_path / "data", **overrides)
 
 
 @pytest.fixture
