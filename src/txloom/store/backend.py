@@ -400,8 +400,10 @@ class StoreBackend:
             (seq, vol, offset, len(body), meta.transaction_time, meta.store)
             for (seq, body, meta), offset in zip(numbered, written.offsets, strict=True)
         ]
+        index = builder.finish().merged(rows)
+        index.time_order()  # sorted here, off the reactor thread
         return {
-            "index": builder.finish().merged(rows),
+            "index": index,
             "vol": vol,
             "ids": frozenset(wanted),
             "next_seq": next_seq,

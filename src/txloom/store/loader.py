@@ -212,6 +212,7 @@ def load_store(
     index = builder.finish()
     if snapshot_rows:
         index = index.merged(snapshot_rows)
+    index.time_order()  # sort now, on this thread, rather than at the first replay
     return LoadedStore(
         index=index,
         next_seq=last + 1,
