@@ -44,3 +44,18 @@ def test_select_pages_by_count_bytes_and_store() -> None:
     assert index.select(8, None, limit=None, budget=1000) == ([8, 9], 10, False)
     assert index.select(0, {b}, limit=2, budget=1000) == ([1, 3], 5, True)
     assert index.select(0, None, limit=None, budget=22) == ([0, 1], 2, True)
+
+
+@given(
+    st.lists(st.lists(st.integers(min_value=0, max_value=50).map(float), max_size=200), max_size=5)
+)
+def test_time_order_after_large_batches_of_appends(batches: list[list[float]]) -> None:
+    index = FactIndex()
+    store = index.store_id("s")
+    seq = 0
+    for batch in batches:
+        for time in batch:
+            seq += 1
+            index.append(seq, 0, seq, 1, time, store)
+        expected = sorted(range(len(index)), key=lambda r: (index.times[r], r))
+        assert list(index.time_order()) == expected

@@ -8,6 +8,7 @@ Rows are kept in sequence-number order, which is WAL order for appended facts.
 
 from __future__ import annotations
 
+import heapq
 import operator
 from array import array
 from bisect import bisect_right
@@ -15,6 +16,11 @@ from collections.abc import Iterable, Sequence
 from itertools import islice
 
 __all__ = ["FactIndex"]
+
+#: Up to this many rows added since the replay order was last brought up to date are
+#: inserted one by one (each insert moves the tail of the array); more are sorted and
+#: merged, so that writing facts in falling time order never costs quadratic time.
+_INSERT_LIMIT = 64
 
 
 class FactIndex:
@@ -100,7 +106,7 @@ class FactIndex:
         if order is None:
             # sorted() is stable and rows are in sequence order: ties keep arrival order
             order = self._order = array("q", sorted(range(count), key=times.__getitem__))
-        else:
+        elif count - self._order_rows <= _INSERT_LIMIT:
             key = times.__getitem__
             for row in range(self._order_rows, count):
                 time = times[row]
@@ -108,6 +114,15 @@ class FactIndex:
                     order.append(row)
                 else:  # after equal times: ties keep arrival order
                     order.insert(bisect_right(order, time, key=key), row)
+        else:  # many new rows (a backfill in any order): sort them, merge in one pass
+            key = times.__getitem__
+            new = sorted(range(self._order_rows, count), key=key)
+            # only the tail from where the earliest new row goes needs merging; merge()
+            # prefers its first input on ties, so older rows stay first
+            start = bisect_right(order, times[new[0]], key=key)
+            tail = order[start:]
+            del order[start:]
+            order.extend(heapq.merge(tail, new, key=key))
         self._order_rows = count
         return order[:]  # the caller's copy: later appends change this one
 
