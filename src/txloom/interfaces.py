@@ -103,6 +103,9 @@ class IStorageBackend(Interface):
     def remove_listener(listener):  # type: ignore[misc]
         """Stop calling ``listener``."""
 
+    def when_idle():  # type: ignore[misc]
+        """A Deferred that fires once nothing is queued or being written (for drains)."""
+
 
 # =============================================================================================
 # Worker host (txloom.worker)

@@ -11,10 +11,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from support.store import (
-    server_config,
-    short_tempdir,
-    start_server,
-    stop_server,
+    serve,
     tcp_address,
     unix_path,
 )
@@ -24,11 +21,7 @@ from txloom.store.errors import StoreConnectionError
 
 @pytest.fixture(params=["file", "memory"])
 def server(request, tmp_path: Path):
-    with short_tempdir() as sock_dir:
-        config = server_config(tmp_path / "data", sock_dir, backend=request.param)
-        service = pytest_twisted.blockon(start_server(config))
-        yield service
-        pytest_twisted.blockon(stop_server(service))
+    yield from serve(tmp_path / "data", backend=request.param)
 
 
 def endpoints(service) -> list[tuple[str, str]]:

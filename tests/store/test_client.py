@@ -14,6 +14,7 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from support.store import (
     running_server,
     self_signed_cert,
+    serve,
     server_config,
     short_tempdir,
     start_server,
@@ -28,13 +29,7 @@ from txloom.store.errors import StoreConnectionError
 
 
 def make_server(tmp_path: Path, **overrides):
-    with short_tempdir() as sock_dir:
-        config = server_config(tmp_path / "data", sock_dir, **overrides)
-        service = pytest_twisted.blockon(start_server(config))
-        try:
-            yield service
-        finally:
-            pytest_twisted.blockon(stop_server(service))
+    return serve(tmp_path / "data", **overrides)
 
 
 @pytest.fixture(params=["file", "memory"])

@@ -14,10 +14,7 @@ from support.store import (
     VECTOR_FACT,
     RawClient,
     frame,
-    server_config,
-    short_tempdir,
-    start_server,
-    stop_server,
+    serve,
     tcp_address,
     unix_path,
 )
@@ -25,13 +22,8 @@ from txloom.wire.crcjson import encode_object
 
 
 def make_server(tmp_path: Path, **overrides):
-    with short_tempdir() as sock_dir:
-        config = server_config(tmp_path / "data", sock_dir, backend="memory", **overrides)
-        service = pytest_twisted.blockon(start_server(config))
-        try:
-            yield service
-        finally:
-            pytest_twisted.blockon(stop_server(service))
+    overrides.setdefault("backend", "memory")
+    return serve(tmp_path / "data", **overrides)
 
 
 @pytest.fixture
@@ -230,3 +222,45 @@ async def test_replay_beyond_the_frame_limit_points_to_pages(small_frames) -> No
     assert ids == [f"f{i}" for i in range(100)]
     assert len(pages) > 2
     assert error_of(big)[0] == "invalid_fact" and "limit" in big["error"]
+
+
+@pytest.fixture
+def file_server(tmp_path: Path):
+    yield from make_server(tmp_path, backend="file")
+
+
+def after_disk_failure(address: str) -> list[dict]:
+    with RawClient(address) as c:
+        return [
+            c.rpc({"op": "write_fact", "fact": dict(VECTOR_FACT, id="fails"), "request_id": 1}),
+            c.rpc({"op": "write_fact", "fact": dict(VECTOR_FACT, id="refused")}),
+            c.rpc({"op": "ping"}),
+            c.rpc({"op": "replay"}),
+        ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_disk_failure_is_an_internal_error_and_stops_writes(file_server) -> None:
+    import errno
+
+    def write_before() -> dict:
+        with RawClient(tcp_address(file_server)) as c:
+            return c.rpc({"op": "write_fact", "fact": dict(VECTOR_FACT, id="before")})
+
+    assert (await in_thread(write_before))["ok"] is True
+    wal = file_server.backend.wal
+
+    def full_disk(frames: bytes, count: int):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    wal.append = full_disk
+    failed, refused, ping, replay = await in_thread(after_disk_failure, tcp_address(file_server))
+    assert failed == {
+        "ok": False,
+        "error_code": "internal_error",
+        "error": "storage failure; see the server log",
+        "request_id": 1,
+    }
+    assert refused["error_code"] == "internal_error"
+    assert ping["pong"] is True  # reads and the connection go on
+    assert [f["id"] for f in replay["facts"]] == ["before"]

@@ -16,6 +16,7 @@ from support.store import (
     VECTOR_FACT,
     RawClient,
     self_signed_cert,
+    serve,
     server_config,
     short_tempdir,
     start_server,
@@ -27,13 +28,7 @@ from txloom.wire.crcjson import encode_object
 
 
 def make_server(tmp_path: Path, **overrides):
-    with short_tempdir() as sock_dir:
-        config = server_config(tmp_path / "data", sock_dir, **overrides)
-        service = pytest_twisted.blockon(start_server(config))
-        try:
-            yield service
-        finally:
-            pytest_twisted.blockon(stop_server(service))
+    return serve(tmp_path / "data", **overrides)
 
 
 @pytest.fixture

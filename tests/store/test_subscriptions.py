@@ -15,10 +15,7 @@ from twisted.internet.threads import deferToThread
 
 from support.store import (
     RawClient,
-    server_config,
-    short_tempdir,
-    start_server,
-    stop_server,
+    serve,
     tcp_address,
 )
 from txloom.store import Fact, NetworkBackend
@@ -26,13 +23,7 @@ from txloom.store.config import FsyncPolicy, SlowSubscriberPolicy
 
 
 def make_server(tmp_path: Path, **overrides):
-    with short_tempdir() as sock_dir:
-        config = server_config(tmp_path / "data", sock_dir, **overrides)
-        service = pytest_twisted.blockon(start_server(config))
-        try:
-            yield service
-        finally:
-            pytest_twisted.blockon(stop_server(service))
+    return serve(tmp_path / "data", **overrides)
 
 
 @pytest.fixture
@@ -214,3 +205,37 @@ async def test_a_stalled_subscriber_never_slows_writers(slow_server) -> None:
         # skipped ahead: everything is either delivered or counted as dropped
         assert len(delivered) + dropped == writes
         assert delivered[-1] == writes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_in_flight_when_subscribing_is_still_delivered(tmp_path: Path) -> None:
+    """A subscriber registered while a group commit is being fsynced gets that batch:
+    its writes are acknowledged after the subscribe ack."""
+    from twisted.internet import reactor
+    from twisted.internet.testing import StringTransport
+
+    from txloom.store.backend import file_backend
+    from txloom.store.fact import encode_fact, meta_of, normalize_fact
+    from txloom.store.subscriptions import Subscriber, SubscriberQueue, SubscriptionHub
+
+    backend = file_backend(reactor, str(tmp_path / "data"))
+    await backend.open()
+    hub = SubscriptionHub(backend, reactor)
+    fact = normalize_fact({"id": "in-flight", "store": "tasks"})
+    written = backend.append(encode_fact(fact), meta_of(fact))
+    backend._pump()  # the batch is formed and handed to the writer thread now
+    assert backend._busy and not written.called
+    transport = StringTransport()
+    queue_ = SubscriberQueue(
+        transport,
+        max_events=10,
+        max_bytes=1 << 20,
+        policy=SlowSubscriberPolicy.DISCONNECT,
+        clock=reactor,
+        close_timeout=1.0,
+        close=transport.loseConnection,
+    )
+    hub.add(Subscriber(hub, queue_, ["tasks"], None))
+    assert await written == 1
+    assert b'"id":"in-flight"' in transport.value()
+    await backend.close()

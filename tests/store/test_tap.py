@@ -110,6 +110,22 @@ def test_start_failures_exit_1_with_one_line(tmp_path: Path) -> None:
         assert first.terminate() == 0
 
 
+@pytest.mark.slow
+def test_unreadable_data_exits_1_with_one_line(tmp_path: Path) -> None:
+    from txloom.store.wal import segment_name
+    from txloom.wire.crcjson import encode_frame
+
+    data = tmp_path / "data"
+    data.mkdir()
+    body = b'{"id":null,"store":"s"}'
+    (data / segment_name(0)).write_bytes(encode_frame(body) * 3)
+    (data / segment_name(1)).write_bytes(encode_frame(body))  # overlaps facts 2 and 3
+    child = twistd("storeserver", "--listen", "tcp:0:interface=127.0.0.1", "--data", str(data))
+    child.start()
+    assert child.wait(30) == 1
+    child.wait_for(r"storeserver cannot start: recovery of .* failed: .*overlaps")
+
+
 def write_until_killed(address: str, clients: int, child: ChildProcess) -> list[str]:
     """``clients`` threads write until the server dies; returns the acknowledged ids."""
     acked: list[str] = []

@@ -12,10 +12,7 @@ from twisted.internet.threads import deferToThread
 from support.store import (
     VECTOR_FACT,
     RawClient,
-    server_config,
-    short_tempdir,
-    start_server,
-    stop_server,
+    serve,
     tcp_address,
 )
 
@@ -36,12 +33,7 @@ PUSH_EVENT = (
 
 @pytest.fixture
 def server(tmp_path: Path):
-    with short_tempdir() as sock_dir:
-        service = pytest_twisted.blockon(
-            start_server(server_config(tmp_path / "data", sock_dir, backend="memory"))
-        )
-        yield service
-        pytest_twisted.blockon(stop_server(service))
+    yield from serve(tmp_path / "data", backend="memory")
 
 
 def conversation(address: str) -> dict[str, object]:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 
@@ -66,6 +67,19 @@ def stop_server(service: StoreService) -> Deferred:
     if service.running:
         return service.stopService()
     return succeed(None)
+
+
+def serve(data_dir: str | os.PathLike[str], **overrides: Any) -> Iterator[StoreService]:
+    """For fixtures (``yield from serve(tmp_path, backend="memory")``): a running server,
+    stopped when the fixture ends."""
+    with short_tempdir() as sock_dir:
+        service = pytest_twisted.blockon(
+            start_server(server_config(data_dir, sock_dir, **overrides))
+        )
+        try:
+            yield service
+        finally:
+            pytest_twisted.blockon(stop_server(service))
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,7 @@ after.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -107,7 +108,12 @@ class StoreBackend:
         self.volumes = VolumeTable()
         self.wal: WriteAheadLog | None = None
         self.index = FactIndex()
+        #: The number the next batch starts at (numbers are taken when a batch forms).
         self.next_seq = 1
+        # The highest number whose fact is committed, indexed and published: what a new
+        # subscriber starts after. Facts in a batch still being written have numbers
+        # above it, and reach the subscriber when their batch completes.
+        self._committed_seq = 0
         self.snapshot_vol: int | None = None
         self.snapshot_ids: frozenset[str] = frozenset()
         self.log_vol: int | None = None
@@ -127,7 +133,7 @@ class StoreBackend:
 
     @property
     def last_seq(self) -> int:
-        return self.next_seq - 1
+        return self._committed_seq
 
     @property
     def fact_count(self) -> int:
@@ -150,6 +156,9 @@ class StoreBackend:
         assert self.directory is not None
         if self._threaded:
             self._pool = ThreadPool(1, 1, name=f"txloom-store-{self.name}-writer")
+            # A daemon thread: a process that ends without close() must not hang on it
+            # (nothing is lost: a write is answered only after its thread job finished).
+            self._pool.threadFactory = _daemon_thread
             self._pool.start()
         self.wal = WriteAheadLog(self.directory, self.volumes, self.max_frame_size)
         loaded = await self._run(
@@ -158,6 +167,7 @@ class StoreBackend:
         self.loaded = loaded
         self.index = loaded.index
         self.next_seq = loaded.next_seq
+        self._committed_seq = loaded.next_seq - 1
         self.snapshot_vol = loaded.snapshot_vol
         self.snapshot_ids = loaded.snapshot_ids
         self.log_vol = loaded.log_vol
@@ -291,6 +301,7 @@ class StoreBackend:
             committed.append(Committed(seq, meta.store, body))
             offset += len(body) + 4
             seq += 1
+        self._committed_seq = seq - 1
         self._dirty = True
         self._busy = False
         for listener in self._listeners:
@@ -389,8 +400,10 @@ class StoreBackend:
             (seq, vol, offset, len(body), meta.transaction_time, meta.store)
             for (seq, body, meta), offset in zip(numbered, written.offsets, strict=True)
         ]
+        index = builder.finish().merged(rows)
+        index.time_order()  # sorted here, off the reactor thread
         return {
-            "index": builder.index.merged(rows),
+            "index": index,
             "vol": vol,
             "ids": frozenset(wanted),
             "next_seq": next_seq,
@@ -417,6 +430,7 @@ class StoreBackend:
         self.snapshot_vol = result["vol"]
         self.snapshot_ids = result["ids"]
         self.next_seq = result["next_seq"]
+        self._committed_seq = self.next_seq - 1
         if old is not None:
             self.volumes.retire(old)
         self.log.info(
@@ -514,6 +528,10 @@ class StoreBackend:
             since, store_ids, limit=limit, budget=budget, scan_limit=scan_limit
         )
         return ReplayPlan(index, rows, self.volumes.pin(), next_seq=cursor, more=more)
+
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
 
 
 def defer_to_pool(

@@ -21,6 +21,13 @@ from typing import Any
 
 from txloom.store.errors import StoreConnectionError, StoreError
 from txloom.store.fact import Fact
+from txloom.store.messages import (
+    facts_of,
+    replay_request,
+    subscribe_request,
+    write_fact_request,
+    write_snapshot_request,
+)
 from txloom.wire.crcjson import DEFAULT_MAX_FRAME_SIZE, ObjectDecoder, encode_object
 from txloom.wire.errors import WireError
 
@@ -35,10 +42,6 @@ DEFAULT_TIMEOUT = 30.0
 _RECV = 256 * 1024
 
 _log = logging.getLogger(__name__)
-
-
-def _fact_dict(fact: Fact | Mapping[str, Any]) -> dict[str, Any]:
-    return fact.to_dict() if isinstance(fact, Fact) else dict(fact)
 
 
 class _Connection:
@@ -203,7 +206,7 @@ class NetworkBackend:
 
     def write_fact(self, fact: Fact | Mapping[str, Any]) -> None:
         """Store one fact; returns once the server acknowledged it (durably, by default)."""
-        self._call({"fact": _fact_dict(fact), "op": "write_fact"})
+        self._call(write_fact_request(fact))
 
     def replay(
         self,
@@ -212,36 +215,22 @@ class NetworkBackend:
         limit: int | None = None,
     ) -> list[Fact]:
         """Every fact (by transaction time); with arguments, one page in sequence order."""
-        request: dict[str, Any] = {"op": "replay"}
-        if stores is not None:
-            request["stores"] = list(stores)
-        if since is not None:
-            request["since"] = since
-        if limit is not None:
-            request["limit"] = limit
-        response = self._call(request)
-        return [Fact.from_dict(f) for f in response.get("facts") or []]
+        return facts_of(self._call(replay_request(stores, since, limit)))
 
     def replay_pages(
         self, stores: Iterable[str] | None = None, since: int = 0, limit: int | None = None
     ) -> Iterator[Fact]:
         """Every fact numbered above ``since``, page by page (for stores of any size)."""
-        request: dict[str, Any] = {"op": "replay", "since": since}
-        if stores is not None:
-            request["stores"] = list(stores)
-        if limit is not None:
-            request["limit"] = limit
         while True:
-            response = self._call(request)
-            for fact in response.get("facts") or []:
-                yield Fact.from_dict(fact)
+            response = self._call(replay_request(stores, since, limit))
+            yield from facts_of(response)
             if not response.get("more"):
                 return
-            request["since"] = response["next"]
+            since = response["next"]
 
     def write_snapshot(self, facts: Iterable[Fact | Mapping[str, Any]]) -> None:
         """Replace the server's snapshot with ``facts``."""
-        self._call({"facts": [_fact_dict(f) for f in facts], "op": "write_snapshot"})
+        self._call(write_snapshot_request(facts))
 
     def subscribe(
         self,
@@ -258,13 +247,9 @@ class NetworkBackend:
         """
         if callback is None:
             raise TypeError("subscribe needs a callback")
-        names = [stores] if isinstance(stores, str) else [str(s) for s in stores]
         connection = self._connect()
-        request: dict[str, Any] = {"op": "subscribe", "stores": names}
-        if since is not None:
-            request["since"] = since
         try:
-            connection.call(request)
+            connection.call(subscribe_request(stores, since))
         except BaseException:
             connection.close()
             raise

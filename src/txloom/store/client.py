@@ -37,6 +37,13 @@ from twisted.python.failure import Failure
 
 from txloom.store.errors import StoreConnectionError, StoreError
 from txloom.store.fact import Fact
+from txloom.store.messages import (
+    facts_of,
+    replay_request,
+    subscribe_request,
+    write_fact_request,
+    write_snapshot_request,
+)
 from txloom.wire.crcjson import DEFAULT_MAX_FRAME_SIZE, ObjectDecoder, encode_object
 from txloom.wire.errors import WireError
 
@@ -48,10 +55,6 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Seconds a request waits for its answer before the connection is dropped (its state is
 #: unknown after that, and answers are matched by order). None waits forever.
 DEFAULT_REQUEST_TIMEOUT = 60.0
-
-
-def _fact_dict(fact: Fact | Mapping[str, Any]) -> dict[str, Any]:
-    return fact.to_dict() if isinstance(fact, Fact) else dict(fact)
 
 
 class StoreClientProtocol(Protocol):
@@ -226,7 +229,7 @@ class StoreClient:
         """Store one fact; fires (with None) once the server acknowledged it."""
 
         async def call() -> None:
-            await self._call({"op": "write_fact", "fact": _fact_dict(fact)})
+            await self._call(write_fact_request(fact))
 
         return defer.Deferred.fromCoroutine(call())
 
@@ -237,17 +240,10 @@ class StoreClient:
         limit: int | None = None,
     ) -> defer.Deferred:
         """Every fact (by transaction time); with arguments, one page in sequence order."""
-        request: dict[str, Any] = {"op": "replay"}
-        if stores is not None:
-            request["stores"] = list(stores)
-        if since is not None:
-            request["since"] = since
-        if limit is not None:
-            request["limit"] = limit
+        request = replay_request(stores, since, limit)
 
         async def call() -> list[Fact]:
-            answer = await self._call(request)
-            return [Fact.from_dict(f) for f in answer.get("facts") or []]
+            return facts_of(await self._call(request))
 
         return defer.Deferred.fromCoroutine(call())
 
@@ -258,17 +254,12 @@ class StoreClient:
 
         Use with ``async for`` inside a coroutine run by ``Deferred.fromCoroutine``.
         """
-        request: dict[str, Any] = {"op": "replay", "since": since}
-        if stores is not None:
-            request["stores"] = list(stores)
-        if limit is not None:
-            request["limit"] = limit
         while True:
-            answer = await self._call(dict(request))
-            yield [Fact.from_dict(f) for f in answer.get("facts") or []]
+            answer = await self._call(replay_request(stores, since, limit))
+            yield facts_of(answer)
             if not answer.get("more"):
                 return
-            request["since"] = answer["next"]
+            since = answer["next"]
 
     def replay_all(
         self, stores: Iterable[str] | None = None, since: int = 0, limit: int | None = None
@@ -285,7 +276,7 @@ class StoreClient:
 
     def write_snapshot(self, facts: Iterable[Fact | Mapping[str, Any]]) -> defer.Deferred:
         """Replace the server's snapshot with ``facts``."""
-        request = {"op": "write_snapshot", "facts": [_fact_dict(f) for f in facts]}
+        request = write_snapshot_request(facts)
 
         async def call() -> None:
             await self._call(request)
@@ -323,7 +314,7 @@ class StoreClient:
         acknowledged to writers after that are delivered. ``since`` starts with the
         stored facts numbered above it.
         """
-        names = [stores] if isinstance(stores, str) else list(stores)
+        names = [stores] if isinstance(stores, str) else [str(s) for s in stores]
         subscription = StoreSubscription(self, names, callback, since, on_overflow)
         self._subscriptions.add(subscription)
         return subscription.start()
@@ -391,9 +382,7 @@ class StoreSubscription:
             self.last_seq = int(stats.get("last_seq", 0))
         self._resyncing = False
         proto.handle_events(self._event)
-        _check(
-            await proto.request({"op": "subscribe", "stores": self.stores, "since": self.last_seq})
-        )
+        _check(await proto.request(subscribe_request(self.stores, self.last_seq)))
         self._proto = proto
         if not self._ready.called:
             self._ready.callback(self)

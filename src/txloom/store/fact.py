@@ -29,6 +29,7 @@ __all__ = [
     "encode_fact",
     "normalize_fact",
     "peek_fact",
+    "peek_fields",
     "value_hash",
 ]
 
@@ -143,15 +144,18 @@ _TAIL = re.compile(
 _TAIL_WINDOW = 200
 
 
-def peek_fact(body: bytes) -> FactMeta:
-    """Id, store and transaction time of a stored fact; ``InvalidFact`` if it is not one."""
+def peek_fields(body: bytes) -> tuple[str | None, str, float]:
+    """``(id, store, transaction_time)`` of a stored fact; ``InvalidFact`` if not one.
+
+    The tuple form of ``peek_fact``, for the start-up scan (a million calls).
+    """
     head = _HEAD.match(body)
     if head is not None:
-        tail = _TAIL.search(body, max(0, len(body) - _TAIL_WINDOW))
+        tail = _TAIL.search(body, len(body) - _TAIL_WINDOW if len(body) > _TAIL_WINDOW else 0)
         if tail is not None:
             raw_id = head.group(1)
             try:
-                return FactMeta(
+                return (
                     None if raw_id is None else raw_id.decode("utf-8"),
                     head.group(2).decode("utf-8"),
                     float(tail.group(1)),
@@ -163,7 +167,12 @@ def peek_fact(body: bytes) -> FactMeta:
     except (ValueError, RecursionError) as e:
         raise InvalidFact(f"stored fact is not JSON: {e}") from None
     fact = normalize_fact(obj)
-    return FactMeta(fact["id"], fact["store"], fact["transaction_time"])
+    return fact["id"], fact["store"], fact["transaction_time"]
+
+
+def peek_fact(body: bytes) -> FactMeta:
+    """Id, store and transaction time of a stored fact; ``InvalidFact`` if it is not one."""
+    return FactMeta(*peek_fields(body))
 
 
 def canonical_json(value: Any) -> str:

@@ -8,11 +8,19 @@ Rows are kept in sequence-number order, which is WAL order for appended facts.
 
 from __future__ import annotations
 
+import heapq
+import operator
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from itertools import islice
 
 __all__ = ["FactIndex"]
+
+#: Up to this many rows added since the replay order was last brought up to date are
+#: inserted one by one (each insert moves the tail of the array); more are sorted and
+#: merged, so that writing facts in falling time order never costs quadratic time.
+_INSERT_LIMIT = 64
 
 
 class FactIndex:
@@ -33,7 +41,11 @@ class FactIndex:
         # True while transaction times never decrease in sequence order: then the
         # compatible replay order is the row order and needs no sort.
         self._time_ordered = True
-        self._time_order: array | None = None
+        # Otherwise: rows sorted by (time, seq), kept up to date incrementally (a new
+        # fact's time is usually close to the newest, so it lands near the end), and
+        # how many rows that order covers.
+        self._order: array | None = None
+        self._order_rows = 0
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -41,6 +53,14 @@ class FactIndex:
     @property
     def last_seq(self) -> int:
         return self.seqs[-1] if self.seqs else 0
+
+    def recount(self) -> None:
+        """Recompute the totals after rows were added to the columns directly."""
+        self.body_bytes = sum(self.sizes)
+        times = self.times
+        self._time_ordered = all(map(operator.le, times, islice(times, 1, None)))
+        self._order = None
+        self._order_rows = 0
 
     def store_id(self, name: str) -> int:
         number = self._store_ids.get(name)
@@ -60,8 +80,10 @@ class FactIndex:
         if self.seqs and seq <= self.seqs[-1]:
             raise ValueError(f"sequence number {seq} is not above {self.seqs[-1]}")
         if self._time_ordered and self.times and time < self.times[-1]:
+            # the rows so far are in time order; from here on the order is kept apart
             self._time_ordered = False
-        self._time_order = None
+            self._order = array("q", range(len(self.seqs)))
+            self._order_rows = len(self.seqs)
         self.seqs.append(seq)
         self.vols.append(vol)
         self.offsets.append(offset)
@@ -70,30 +92,39 @@ class FactIndex:
         self.stores.append(store)
         self.body_bytes += size
 
-    def relocate(self, position: int, vol: int, offset: int) -> None:
-        """The fact's bytes moved (compaction copied them into another file)."""
-        self.vols[position] = vol
-        self.offsets[position] = offset
-
     def position_after(self, seq: int) -> int:
         """Row of the first fact numbered above ``seq``."""
         return bisect_right(self.seqs, seq)
 
-    def position_of(self, seq: int) -> int | None:
-        position = bisect_right(self.seqs, seq) - 1
-        if position >= 0 and self.seqs[position] == seq:
-            return position
-        return None
-
     def time_order(self) -> Sequence[int]:
         """Rows in the compatible replay order: transaction time, then sequence number."""
+        count = len(self.seqs)
         if self._time_ordered:
-            return range(len(self.seqs))
-        if self._time_order is None:
-            times = self.times
-            # sorted() is stable and rows are in sequence order: ties keep arrival order.
-            self._time_order = array("q", sorted(range(len(times)), key=times.__getitem__))
-        return self._time_order
+            return range(count)
+        times = self.times
+        order = self._order
+        if order is None:
+            # sorted() is stable and rows are in sequence order: ties keep arrival order
+            order = self._order = array("q", sorted(range(count), key=times.__getitem__))
+        elif count - self._order_rows <= _INSERT_LIMIT:
+            key = times.__getitem__
+            for row in range(self._order_rows, count):
+                time = times[row]
+                if time >= times[order[-1]]:
+                    order.append(row)
+                else:  # after equal times: ties keep arrival order
+                    order.insert(bisect_right(order, time, key=key), row)
+        else:  # many new rows (a backfill in any order): sort them, merge in one pass
+            key = times.__getitem__
+            new = sorted(range(self._order_rows, count), key=key)
+            # only the tail from where the earliest new row goes needs merging; merge()
+            # prefers its first input on ties, so older rows stay first
+            start = bisect_right(order, times[new[0]], key=key)
+            tail = order[start:]
+            del order[start:]
+            order.extend(heapq.merge(tail, new, key=key))
+        self._order_rows = count
+        return order[:]  # the caller's copy: later appends change this one
 
     def select(
         self,
@@ -149,7 +180,7 @@ class FactIndex:
             new.append(seq, vol, offset, size, time, new.store_id(store))
             start = position
         new._extend(self, start, len(self))
-        new._time_ordered = all(a <= b for a, b in zip(new.times, new.times[1:], strict=False))
+        new.recount()
         return new
 
     def relocated(self, rows: Sequence[int], vol: int, offsets: Sequence[int]) -> FactIndex:
@@ -159,6 +190,9 @@ class FactIndex:
         new._store_ids = dict(self._store_ids)
         new._extend(self, 0, len(self))
         new._time_ordered = self._time_ordered
+        if self._order is not None:  # same rows, same order
+            new._order = array("q", self._order)
+            new._order_rows = self._order_rows
         vols, new_offsets = new.vols, new.offsets
         for row, offset in zip(rows, offsets, strict=True):
             vols[row] = vol
@@ -178,9 +212,5 @@ class FactIndex:
         self.times.extend(other.times[start:end])
         self.stores.extend(other.stores[start:end])
         self.body_bytes += sum(sizes)
-        self._time_order = None
-
-    def copy_rows(self, rows: Sequence[int]) -> list[tuple[int, int, int, int]]:
-        """``(seq, vol, offset, size)`` of the given rows (for work off the reactor thread)."""
-        seqs, vols, offsets, sizes = self.seqs, self.vols, self.offsets, self.sizes
-        return [(seqs[r], vols[r], offsets[r], sizes[r]) for r in rows]
+        self._order = None
+        self._order_rows = 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from twisted.logger import Logger
 
 from txloom.store.directory import Directory, Volume
-from txloom.store.fact import FactMeta, InvalidFact, peek_fact
+from txloom.store.fact import InvalidFact, peek_fact, peek_fields
 from txloom.store.framefile import FrameScanner
 from txloom.store.index import FactIndex
 from txloom.store.snapshot import (
@@ -41,30 +41,54 @@ class IndexBuilder:
     """Collects log facts into an index, leaving out those a snapshot hides."""
 
     def __init__(self, hidden: frozenset[str] | set[str], wanted: Iterable[str] = ()) -> None:
-        self.index = FactIndex()
+        self.index = index = FactIndex()
         self.hidden = hidden
         self.wanted = set(wanted)
         #: First sequence number seen for each wanted id.
         self.found: dict[str, int] = {}
         self.max_seq = 0
         self.invalid = 0
+        # Facts come in sequence order, so rows can go straight onto the columns; this
+        # runs once per fact at start-up, hence the bound methods.
+        self._columns = (
+            index.seqs.append,
+            index.vols.append,
+            index.offsets.append,
+            index.sizes.append,
+            index.times.append,
+            index.stores.append,
+        )
+        self._store_ids = index._store_ids
 
     def add(self, seq: int, vol: int, offset: int, body: bytes) -> bool:
-        self.max_seq = max(self.max_seq, seq)
+        if seq > self.max_seq:  # noqa: PLR1730 - max() costs a call per fact
+            self.max_seq = seq
         try:
-            meta = peek_fact(body)
+            fact_id, store, transaction_time = peek_fields(body)
         except InvalidFact:
             self.invalid += 1
             return False
-        fact_id = meta.id
         if fact_id is not None:
             if fact_id in self.wanted and fact_id not in self.found:
                 self.found[fact_id] = seq
             if fact_id in self.hidden:
                 return True
-        index = self.index
-        index.append(seq, vol, offset, len(body), meta.transaction_time, index.store_id(meta.store))
+        store_id = self._store_ids.get(store)
+        if store_id is None:
+            store_id = self.index.store_id(store)
+        add_seq, add_vol, add_offset, add_size, add_time, add_store = self._columns
+        add_seq(seq)
+        add_vol(vol)
+        add_offset(offset)
+        add_size(len(body))
+        add_time(transaction_time)
+        add_store(store_id)
         return True
+
+    def finish(self) -> FactIndex:
+        """The index, with its totals computed."""
+        self.index.recount()
+        return self.index
 
 
 @dataclass
@@ -185,7 +209,10 @@ def load_store(
             last += 1
             builder.add(last, vol, offset + 4, body)
             offset += len(frame)
-    index = builder.index.merged(snapshot_rows) if snapshot_rows else builder.index
+    index = builder.finish()
+    if snapshot_rows:
+        index = index.merged(snapshot_rows)
+    index.time_order()  # sort now, on this thread, rather than at the first replay
     return LoadedStore(
         index=index,
         next_seq=last + 1,
@@ -198,7 +225,3 @@ def load_store(
         seconds=time.monotonic() - started,
         invalid=builder.invalid,
     )
-
-
-def meta_row(seq: int, vol: int, offset: int, size: int, meta: FactMeta) -> SnapshotRow:
-    return (seq, vol, offset, size, meta.transaction_time, meta.store)

@@ -195,7 +195,7 @@ class RequestRouter:
             "facts": backend.fact_count,
             "subscribers": len(factory.hub),
             "backend": backend.name,
-            "fsync": str(backend.fsync) if backend.durable else "n/a",
+            "fsync": str(getattr(backend, "fsync", "n/a")) if backend.durable else "n/a",
         }
         return ok_frame(fields, _rid(request))
 

@@ -194,7 +194,9 @@ class StoreService(MultiService):
                     )
                 self.ports.append(result[0])
                 self.addresses.append(describe_address(description, result[0]))
-            self.backend.prepare()
+            prepare = getattr(self.backend, "prepare", None)
+            if prepare is not None:  # open and lock the data directory now
+                prepare()
         except (StoreStartError, DataDirectoryLocked, OSError, ValueError) as e:
             for port in self.ports:
                 port.stopListening()

@@ -42,32 +42,28 @@ DEFAULT_DATA_DIR = os.path.join(".", "var", "store")
 MIN_FRAME_SIZE = 1024
 
 
-def _positive_int(name: str) -> Any:
-    def coerce(value: str) -> int:
+def _positive(kind: type, name: str, what: str) -> Any:
+    """A coercer for ``--name`` that accepts only numbers above 0."""
+
+    def coerce(value: str) -> Any:
         try:
-            number = int(value)
+            number = kind(value)
         except ValueError:
-            raise ValueError(f"--{name} must be a whole number, not {value!r}") from None
+            raise ValueError(f"--{name} must be {what}, not {value!r}") from None
         if number <= 0:
             raise ValueError(f"--{name} must be above 0")
         return number
 
-    coerce.coerceDoc = "A whole number above 0."  # type: ignore[attr-defined]
+    coerce.coerceDoc = f"{what[0].upper()}{what[1:]}, above 0."  # type: ignore[attr-defined]
     return coerce
+
+
+def _positive_int(name: str) -> Any:
+    return _positive(int, name, "a whole number")
 
 
 def _positive_float(name: str) -> Any:
-    def coerce(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"--{name} must be a number of seconds, not {value!r}") from None
-        if number <= 0:
-            raise ValueError(f"--{name} must be above 0")
-        return number
-
-    coerce.coerceDoc = "Seconds, above 0."  # type: ignore[attr-defined]
-    return coerce
+    return _positive(float, name, "a number of seconds")
 
 
 class Options(usage.Options):

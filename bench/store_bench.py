@@ -1,0 +1,560 @@
+"""Store server benchmark: acknowledged writes, replay, push, start-up, against SQLite.
+
+The server runs as ``twistd storeserver`` in its own process; the clients are driven from
+this process by one ``selectors`` loop over many non-blocking sockets (each connection
+closed-loop: one write in flight, the next sent when its ack arrives), so that the client
+side costs little CPU. Every number is measured in this run, on the same disk:
+
+- the floor: ``write`` + ``fdatasync`` of one small record, back to back;
+- SQLite in WAL mode with ``synchronous=FULL``, one JSON row per commit (what a user
+  would pick instead of a store server);
+- txloom under ``--fsync always`` and ``--fsync never`` with 1, 8 and 64 clients;
+- replay of 100k and 1M facts (one plain frame, and paged), and start-up (WAL scan and
+  index build) of the same stores;
+- push events per second to 10 subscribers.
+
+    python bench/store_bench.py            # everything (several minutes)
+    python bench/store_bench.py --quick    # under a minute: short runs, no 1M store
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import selectors
+import shutil
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = Path(sys.executable).parent / "twistd"
+_U32 = struct.Struct(">I")
+
+OK_FRAME = b"\x00\x00\x00\x0b" + b'{"ok":true}' + _U32.pack(zlib.crc32(b'{"ok":true}'))
+VALUE_HASH = "ab" * 32
+PAYLOAD = "x" * 120
+
+
+def frame(body: bytes) -> bytes:
+    return _U32.pack(len(body)) + body + _U32.pack(zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def fact_body(writer: int, n: int) -> bytes:
+    """One realistic fact (about 300 bytes), cheap to make: the bench measures the server."""
+    return (
+        b'{"id":"%08d-0000-4000-8000-%012d","store":"bench%d","key":"k%d",'
+        b'"value":{"n":%d,"payload":"%s"},"value_hash":"%s","causation":null,'
+        b'"transaction_time":%.6f,"valid_time":null,"schema_version":1,'
+        b'"producer":null,"derivation":null}'
+        % (writer, n, writer % 4, n, n, PAYLOAD.encode(), VALUE_HASH.encode(), time.time())
+    )
+
+
+def write_request(writer: int, n: int) -> bytes:
+    return frame(b'{"op":"write_fact","fact":' + fact_body(writer, n) + b"}")
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))]
+
+
+@dataclass
+class Result:
+    name: str
+    rate: float
+    unit: str
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    address: tuple[str, int]
+    log: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_server(data: Path, *args: str, timeout: float = 600.0) -> tuple[Server, float]:
+    """``twistd storeserver`` on a free port; returns it and the seconds until it listened."""
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [
+            str(TWISTD),
+            "--nodaemon",
+            "--pidfile=",
+            "storeserver",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--data",
+            str(data),
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=data.parent,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError("storeserver exited:\n" + "".join(lines[-20:]))
+        lines.append(line)
+        m = re.search(r"listening on tcp:([\d.]+):(\d+)", line)
+        if m:
+            server = Server(process, (m.group(1), int(m.group(2))), lines)
+            # keep draining the log so the server never blocks on a full pipe
+            threading.Thread(target=_drain, args=(process, lines), daemon=True).start()
+            return server, time.monotonic() - started
+    process.kill()
+    raise RuntimeError("storeserver did not start in time")
+
+
+def _drain(process: subprocess.Popen, lines: list[str]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+
+
+# ---------------------------------------------------------------------------------------
+# Peers measured in the same run
+# ---------------------------------------------------------------------------------------
+
+
+def fsync_floor(directory: Path, seconds: float) -> Result:
+    path = directory / "floor.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    record = fact_body(0, 0)
+    latencies = []
+    deadline = time.perf_counter() + seconds
+    try:
+        while (now := time.perf_counter()) < deadline:
+            os.write(fd, record)
+            os.fdatasync(fd)
+            latencies.append(time.perf_counter() - now)
+    finally:
+        os.close(fd)
+        path.unlink()
+    latencies.sort()
+    return Result(
+        "raw write+fdatasync, 1 record each",
+        len(latencies) / seconds,
+        "records/s",
+        percentile(latencies, 0.5) * 1e3,
+        percentile(latencies, 0.99) * 1e3,
+        "physical floor of per-write durability",
+    )
+
+
+def sqlite_full(directory: Path, seconds: float) -> Result:
+    path = directory / "bench.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE facts (seq INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+    latencies = []
+    n = 0
+    deadline = time.perf_counter() + seconds
+    while (now := time.perf_counter()) < deadline:
+        db.execute("INSERT INTO facts (body) VALUES (?)", (fact_body(0, n).decode(),))
+        latencies.append(time.perf_counter() - now)
+        n += 1
+    db.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    latencies.sort()
+    return Result(
+        "SQLite WAL synchronous=FULL, 1 row/commit",
+        n / seconds,
+        "rows/s",
+        percentile(latencies, 0.5) * 1e3,
+        percentile(latencies, 0.99) * 1e3,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Load generators (one selectors loop, many sockets)
+# ---------------------------------------------------------------------------------------
+
+
+def connect(address: tuple[str, int]) -> socket.socket:
+    sock = socket.create_connection(address)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    return sock
+
+
+def closed_loop_writes(
+    address: tuple[str, int], clients: int, seconds: float, warmup: float
+) -> tuple[float, list[float]]:
+    """Acked writes/s and sorted ack latencies, each client with one write in flight."""
+    selector = selectors.DefaultSelector()
+    socks = [connect(address) for _ in range(clients)]
+    state = {}
+    for i, sock in enumerate(socks):
+        state[sock] = [i, 0, 0.0, b""]  # writer, next n, sent at, buffer
+        selector.register(sock, selectors.EVENT_READ)
+    started = time.perf_counter()
+    for sock in socks:
+        st = state[sock]
+        st[2] = time.perf_counter()
+        sock.send(write_request(st[0], st[1]))
+    measure_from = started + warmup
+    stop_at = measure_from + seconds
+    latencies: list[float] = []
+    ack = len(OK_FRAME)
+    while True:
+        now = time.perf_counter()
+        if now >= stop_at:
+            break
+        for key, _ in selector.select(0.5):
+            sock = key.fileobj
+            st = state[sock]
+            data = st[3] + sock.recv(65536)
+            while len(data) >= ack:
+                if data[:ack] != OK_FRAME:
+                    raise RuntimeError(f"unexpected answer: {data[:200]!r}")
+                data = data[ack:]
+                done = time.perf_counter()
+                if done >= measure_from:
+                    latencies.append(done - st[2])
+                st[1] += 1
+                st[2] = done
+                sock.send(write_request(st[0], st[1]))
+            st[3] = data
+    for sock in socks:
+        selector.unregister(sock)
+        sock.close()
+    latencies.sort()
+    return len(latencies) / seconds, latencies
+
+
+def rpc(sock: socket.socket, obj: dict) -> dict:
+    sock.setblocking(True)
+    sock.sendall(frame(json.dumps(obj).encode()))
+    header = _recv_exact(sock, 4)
+    (size,) = _U32.unpack(header)
+    body = _recv_exact(sock, size)
+    _recv_exact(sock, 4)
+    return json.loads(body)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    parts = []
+    while n:
+        part = sock.recv(min(n, 1 << 20))
+        if not part:
+            raise RuntimeError("connection closed")
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
+def plain_replay(address: tuple[str, int]) -> tuple[int, float]:
+    with socket.create_connection(address) as sock:
+        started = time.perf_counter()
+        sock.sendall(frame(b'{"op":"replay"}'))
+        header = _recv_exact(sock, 4)
+        (size,) = _U32.unpack(header)
+        remaining = size + 4
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
+        head = bytearray()
+        while remaining:
+            n = sock.recv_into(view, min(len(buffer), remaining))
+            if not n:
+                raise RuntimeError("closed mid-frame")
+            if len(head) < 64:
+                head += view[: min(n, 64)]
+            remaining -= n
+        elapsed = time.perf_counter() - started
+    if not head.startswith(b'{"ok":true'):
+        raise RuntimeError(f"replay failed: {bytes(head)!r}")
+    return size, elapsed
+
+
+_PAGE_END = re.compile(rb'"next":(\d+),"more":(true|false)\}$')
+
+
+def paged_replay(address: tuple[str, int], limit: int) -> tuple[int, float]:
+    """Pages read whole (CRC checked) but not parsed: the bench store's numbers are
+    1..N without gaps, so ``next`` says how many facts arrived."""
+    with socket.create_connection(address) as sock:
+        started = time.perf_counter()
+        since = 0
+        while True:
+            sock.sendall(frame(b'{"op":"replay","since":%d,"limit":%d}' % (since, limit)))
+            (size,) = _U32.unpack(_recv_exact(sock, 4))
+            body = _recv_exact(sock, size)
+            (crc,) = _U32.unpack(_recv_exact(sock, 4))
+            if zlib.crc32(body) != crc:
+                raise RuntimeError("bad CRC in a replay page")
+            m = _PAGE_END.search(body, len(body) - 64)
+            if m is None:
+                raise RuntimeError(f"not a page: {body[:200]!r}")
+            since = int(m.group(1))
+            if m.group(2) == b"false":
+                break
+        return since, time.perf_counter() - started
+
+
+def push_to_subscribers(
+    address: tuple[str, int], subscribers: int, writes: int, window: int = 64
+) -> tuple[float, float]:
+    """Events/s delivered to ``subscribers`` while 8 writers (``window`` requests in
+    flight each) write ``writes`` facts."""
+    selector = selectors.DefaultSelector()
+    counts: dict[socket.socket, int] = {}
+    buffers: dict[socket.socket, bytes] = {}
+    for _ in range(subscribers):
+        sock = socket.create_connection(address)
+        answer = rpc(sock, {"op": "subscribe", "stores": []})
+        assert answer == {"ok": True}, answer
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+        counts[sock] = 0
+        buffers[sock] = b""
+    writers = [connect(address) for _ in range(8)]
+    per_writer = writes // len(writers)
+    expected = per_writer * len(writers)
+    sent = {sock: 0 for sock in writers}
+    acked = {sock: 0 for sock in writers}
+    ack_buf = {sock: b"" for sock in writers}
+    started = time.perf_counter()
+    for w, sock in enumerate(writers):
+        selector.register(sock, selectors.EVENT_READ)
+        first = min(window, per_writer)
+        sock.sendall(b"".join(write_request(100 + w, n) for n in range(first)))
+        sent[sock] = first
+    index = {sock: w for w, sock in enumerate(writers)}
+    last_event = started
+    while min(counts.values()) < expected:
+        ready = selector.select(10)
+        if not ready:
+            raise RuntimeError(f"push stalled at {min(counts.values())}/{expected}")
+        for key, _ in ready:
+            sock = key.fileobj
+            data = sock.recv(1 << 20)
+            if sock in acked:
+                buf = ack_buf[sock] + data
+                got = len(buf) // len(OK_FRAME)
+                ack_buf[sock] = buf[got * len(OK_FRAME) :]
+                acked[sock] += got
+                more = min(got, per_writer - sent[sock])
+                if more > 0:
+                    w = index[sock]
+                    start = sent[sock]
+                    sock.sendall(
+                        b"".join(write_request(100 + w, n) for n in range(start, start + more))
+                    )
+                    sent[sock] += more
+                continue
+            buf = buffers[sock] + data
+            pos = 0
+            while len(buf) - pos >= 4:
+                (size,) = _U32.unpack_from(buf, pos)
+                if len(buf) - pos < size + 8:
+                    break
+                pos += size + 8
+                counts[sock] += 1
+            buffers[sock] = buf[pos:]
+            last_event = time.perf_counter()
+    for sock in list(counts) + writers:
+        selector.unregister(sock)
+        sock.close()
+    elapsed = last_event - started
+    return expected * subscribers / elapsed, expected / elapsed
+
+
+# ---------------------------------------------------------------------------------------
+# Stores prepared on disk (for replay and start-up)
+# ---------------------------------------------------------------------------------------
+
+
+def prepare_store(data: Path, count: int) -> int:
+    """A WAL segment of ``count`` facts, written directly (as the reference would)."""
+    data.mkdir(parents=True)
+    size = 0
+    with open(data / "wal-00000000000000000000.log", "wb") as f:
+        chunk = []
+        for n in range(count):
+            chunk.append(frame(fact_body(n % 64, n)))
+            if len(chunk) == 10_000:
+                data_bytes = b"".join(chunk)
+                size += len(data_bytes)
+                f.write(data_bytes)
+                chunk = []
+        if chunk:
+            data_bytes = b"".join(chunk)
+            size += len(data_bytes)
+            f.write(data_bytes)
+    return size
+
+
+def recovered_ms(server: Server) -> float:
+    for line in server.log:
+        m = re.search(r"recovered (\d+) facts .* in (\d+) ms", line)
+        if m:
+            return float(m.group(2))
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, no 1M-fact store")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per write run")
+    parser.add_argument("--workdir", default=None, help="directory for data (same disk)")
+    parser.add_argument("--keep", action="store_true", help="keep the data directories")
+    parser.add_argument(
+        "--only",
+        default="peers,writes,replay,push",
+        help="comma-separated parts to run: peers, writes, replay, push (default: all)",
+    )
+    args = parser.parse_args()
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
+    warmup = 0.5 if args.quick else 1.0
+    sizes = [100_000] if args.quick else [100_000, 1_000_000]
+    workdir = Path(tempfile.mkdtemp(prefix="store-bench-", dir=args.workdir or ROOT / "var"))
+    results: list[Result] = []
+    extra: list[str] = []
+    print(f"store bench: data in {workdir}; {os.cpu_count()} CPUs; {seconds}s per write run")
+
+    def show(r: Result) -> None:
+        results.append(r)
+        lat = "" if r.p50_ms is None else f"  p50 {r.p50_ms:.2f} ms  p99 {r.p99_ms:.2f} ms"
+        print(f"  {r.name:<48} {r.rate:>12,.0f} {r.unit}{lat}", flush=True)
+
+    parts = set(args.only.split(","))
+    sqlite: Result | None = None
+    best: dict[tuple[str, int], Result] = {}
+    try:
+        if "peers" in parts:
+            show(fsync_floor(workdir, seconds))
+            sqlite = sqlite_full(workdir, seconds)
+            show(sqlite)
+        if "writes" in parts:
+            for fsync in ("always", "never"):
+                data = workdir / f"writes-{fsync}"
+                server, _ = start_server(data, "--fsync", fsync)
+                try:
+                    for clients in (1, 8, 64):
+                        rate, lat = closed_loop_writes(server.address, clients, seconds, warmup)
+                        r = Result(
+                            f"txloom --fsync {fsync}, {clients} clients",
+                            rate,
+                            "acked writes/s",
+                            percentile(lat, 0.5) * 1e3,
+                            percentile(lat, 0.99) * 1e3,
+                        )
+                        best[(fsync, clients)] = r
+                        show(r)
+                finally:
+                    server.stop()
+        if "replay" in parts:
+            for count in sizes:
+                bench_replay(workdir / f"replay-{count}", count, show, extra)
+        if "push" in parts:
+            server, _ = start_server(workdir / "push", "--fsync", "never")
+            try:
+                events, writes = push_to_subscribers(
+                    server.address, 10, 20_000 if args.quick else 100_000
+                )
+                show(Result("push to 10 subscribers (all stores)", events, "events/s"))
+                extra.append(f"push: writers were acked at {writes:,.0f} writes/s meanwhile")
+            finally:
+                server.stop()
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print()
+    print(f"{'measure':<50} {'rate':>14}  {'unit':<16} {'p50 ms':>8} {'p99 ms':>8}")
+    for r in results:
+        p50 = "" if r.p50_ms is None else f"{r.p50_ms:.2f}"
+        p99 = "" if r.p99_ms is None else f"{r.p99_ms:.2f}"
+        print(f"{r.name:<50} {r.rate:>14,.0f}  {r.unit:<16} {p50:>8} {p99:>8}")
+    print()
+    for line in extra:
+        print(line)
+    if sqlite is not None and ("always", 64) in best:
+        always64 = best[("always", 64)]
+        ratio = always64.rate / sqlite.rate
+        floor = results[0].rate
+        print(
+            f"txloom --fsync always, 64 clients: {ratio:.2f}x SQLite FULL 1 row/commit "
+            f"(target >= 1.5x), {always64.rate / floor:.2f}x the write+fsync floor; "
+            f"p99 ack {always64.p99_ms:.2f} ms (target < 10 ms) -> "
+            f"{'MET' if ratio >= 1.5 and always64.p99_ms < 10 else 'NOT MET'}"
+        )
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs at the end")
+
+
+def bench_replay(data: Path, count: int, show, extra: list[str]) -> None:
+    wal_bytes = prepare_store(data, count)
+    server, until_listening = start_server(data, "--max-frame-size", str(1 << 30))
+    try:
+        rss = _rss_kib(server.process.pid)
+        extra.append(
+            f"start-up with {count:,} facts ({wal_bytes / 1e6:.0f} MB WAL): recovery scan + "
+            f"index build {recovered_ms(server):,.0f} ms; twistd up and listening after "
+            f"{until_listening:.2f} s; server RSS {rss / 1024:.0f} MiB"
+        )
+        size, elapsed = plain_replay(server.address)
+        show(
+            Result(
+                f"replay {count:,} facts, one frame ({size / 1e6:.0f} MB)",
+                count / elapsed,
+                "facts/s",
+            )
+        )
+        facts, elapsed = paged_replay(server.address, 10_000)
+        assert facts == count, (facts, count)
+        show(Result(f"replay {count:,} facts, pages of 10,000", count / elapsed, "facts/s"))
+        extra.append(
+            f"server RSS after replaying {count:,} facts: "
+            f"{_rss_kib(server.process.pid) / 1024:.0f} MiB"
+        )
+    finally:
+        server.stop()
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    main()
