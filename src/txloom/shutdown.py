@@ -5,11 +5,18 @@ clean, fully drained shutdown exits 143. Operators and supervisors read that as 
 Each plugin adds ``CleanExitOnSignal`` to its service tree: the signal stops the reactor
 (which stops every service in order: listeners close, in-flight work drains) and the
 process then exits 0.
+
+The opposite case, a server that cannot go on (its data directory cannot be recovered, a
+required connection is gone for good), calls ``stop_and_exit``: the reactor still stops
+cleanly, and the process then ends with a non-zero status that a supervisor can act on.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
+import sys
 from typing import Any
 
 from twisted.application.service import Service
@@ -45,3 +52,23 @@ class CleanExitOnSignal(Service):
         self._stopping = True
         self.log.info("Received {name}, shutting down.", name=name)
         self.reactor.callFromThread(self.reactor.stop)
+
+
+def stop_and_exit(reactor: Any, code: int = 1) -> None:
+    """Stop the reactor; once twistd has finished its own shutdown, exit with ``code``.
+
+    Only for processes run by twistd: the status is applied at interpreter exit (after the
+    pidfile is removed and the log is flushed), so calling this inside a test run would end
+    the test run with ``code``.
+    """
+
+    def exit_with_code() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
+
+    atexit.register(exit_with_code)
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)

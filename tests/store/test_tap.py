@@ -84,7 +84,7 @@ def test_logs_serves_and_drains_on_sigterm(tmp_path: Path) -> None:
             nb.write_fact(Fact.build(store="tasks", key="k", value=1))
             assert nb.stats()["facts_written"] == 1
         assert child.terminate() == 0
-        child.wait_for(r"SIGTERM: draining")
+        child.wait_for(r"Received SIGTERM, shutting down")
         child.wait_for(r"storeserver stopped: 1 facts written by this process, last seq 1")
 
 

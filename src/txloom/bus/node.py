@@ -25,6 +25,7 @@ from txloom.bus.mesh import mesh as mesh_defaults
 from txloom.bus.mesh.mesh import WebSocketMesh
 from txloom.bus.mesh.urls import DEFAULT_PATH
 from txloom.bus.status import MessageLog, StatusResponder
+from txloom.shutdown import stop_and_exit
 from txloom.wire.grav import Announcement
 
 __all__ = ["BusNodeConfig", "BusNodeService", "NodeStartError"]
@@ -74,9 +75,13 @@ class BusNodeService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: BusNodeConfig, reactor: Any = None) -> None:
+    def __init__(
+        self, config: BusNodeConfig, reactor: Any = None, *, exit_on_failure: bool = False
+    ) -> None:
         super().__init__()
         self.config = config
+        #: Under twistd, a failure that stops the node also ends the process with status 1.
+        self.exit_on_failure = exit_on_failure
         if reactor is None:
             from twisted.internet import reactor as default_reactor  # noqa: PLC0415
 
@@ -238,7 +243,9 @@ class BusNodeService(MultiService):
 
     def _fatal(self, failure: Failure, what: str) -> None:
         self.log.failure("busnode: {what}; stopping", failure, what=what)
-        if self.reactor.running:
+        if self.exit_on_failure:
+            stop_and_exit(self.reactor, 1)
+        elif self.reactor.running:
             self.reactor.stop()
 
 

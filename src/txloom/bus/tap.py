@@ -317,6 +317,6 @@ def makeService(options: Options) -> BusNodeService:
 
     SIGTERM withdraws from the mesh, closes every connection and exits 0.
     """
-    node = BusNodeService(options.config())
+    node = BusNodeService(options.config(), exit_on_failure=True)
     CleanExitOnSignal(node.reactor).setServiceParent(node)
     return node

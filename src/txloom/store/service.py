@@ -10,7 +10,6 @@ is committed and answered, the WAL is fsynced, and the process exits 0.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txloom.shutdown import stop_and_exit
 from txloom.store.backend import StoreBackend, file_backend, memory_backend
 from txloom.store.config import StoreConfig
 from txloom.store.directory import DataDirectoryLocked
@@ -142,8 +142,7 @@ class StoreService(MultiService):
 
     ``ready`` fires with the listening addresses once the server answers requests (or
     fails with ``StoreStartError``). With ``exit_on_failure`` (under twistd) a start
-    failure logs one line and ends the process with status 1; with ``graceful_sigterm``
-    SIGTERM drains and exits 0 instead of Twisted's re-raise of the signal.
+    failure logs one line and ends the process with status 1.
     """
 
     log = Logger()
@@ -154,7 +153,6 @@ class StoreService(MultiService):
         reactor: Any = None,
         *,
         exit_on_failure: bool = False,
-        graceful_sigterm: bool = False,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -162,7 +160,6 @@ class StoreService(MultiService):
         self.reactor = reactor
         self.config = config
         self.exit_on_failure = exit_on_failure
-        self.graceful_sigterm = graceful_sigterm
         self.backend = make_backend(config, reactor)
         self.factory = StoreServerFactory(self.backend, config, reactor)
         self.ports: list[IListeningPort] = []
@@ -216,8 +213,6 @@ class StoreService(MultiService):
     def startService(self) -> None:
         self._bind()
         super().startService()
-        if self.graceful_sigterm:
-            self.reactor.callWhenRunning(self._install_sigterm)
         self._starting = defer.Deferred.fromCoroutine(self._open())
 
     async def _open(self) -> None:
@@ -236,8 +231,7 @@ class StoreService(MultiService):
             reason = f"recovery of {config.data_dir} failed: {e}"
             if self.exit_on_failure:
                 self.log.critical("storeserver cannot start: {reason}", reason=reason)
-                self.reactor.addSystemEventTrigger("after", "shutdown", _exit, 1)
-                self.reactor.stop()
+                stop_and_exit(self.reactor, 1)
             if not self.ready.called:
                 self.ready.errback(StoreStartError(reason))
             return
@@ -264,17 +258,6 @@ class StoreService(MultiService):
             self.log.info("storeserver listening on {address}", address=address)
         self.ready.callback(list(self.addresses))
 
-    def _install_sigterm(self) -> None:
-        def on_sigterm(signum: int, frame: Any) -> None:
-            self.reactor.callFromThread(self._sigterm)
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-
-    def _sigterm(self) -> None:
-        self.log.info("SIGTERM: draining and stopping")
-        if self.reactor.running:
-            self.reactor.stop()
-
     # -- stop ---------------------------------------------------------------------------
 
     def stopService(self) -> defer.Deferred:
@@ -298,7 +281,3 @@ class StoreService(MultiService):
             last=self.backend.last_seq,
             ms=(time.monotonic() - started) * 1000,
         )
-
-
-def _exit(code: int) -> None:
-    os._exit(code)

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from txloom.shutdown import CleanExitOnSignal
 from txloom.store.config import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_LISTEN,
@@ -231,4 +232,6 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> StoreService:
     """The store server for ``twistd``: a start failure exits 1, SIGTERM drains and exits 0."""
-    return StoreService(options.config, exit_on_failure=True, graceful_sigterm=True)
+    service = StoreService(options.config, exit_on_failure=True)
+    CleanExitOnSignal(service.reactor).setServiceParent(service)
+    return service
