@@ -13,7 +13,6 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 
 from support.store import (
     running_server,
-    self_signed_cert,
     serve,
     server_config,
     short_tempdir,
@@ -101,14 +100,6 @@ async def every_op(endpoint, store: str) -> None:
 async def test_every_op_over_tcp_and_unix(server) -> None:
     for n, endpoint in enumerate(client_endpoints(server)):
         await every_op(endpoint, f"tasks-{n}")
-
-
-@pytest.fixture
-def tls_server(tmp_path: Path):
-    key_file, cert_file = self_signed_cert(tmp_path)
-    listen = [f"ssl:0:interface=127.0.0.1:privateKey={key_file}:certKey={cert_file}"]
-    for service in make_server(tmp_path, backend="memory", listen=listen):
-        yield service, cert_file
 
 
 @pytest_twisted.ensureDeferred

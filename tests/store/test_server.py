@@ -15,7 +15,6 @@ from twisted.internet.threads import deferToThread
 from support.store import (
     VECTOR_FACT,
     RawClient,
-    self_signed_cert,
     serve,
     server_config,
     short_tempdir,
@@ -85,14 +84,6 @@ async def test_large_replay_is_one_streamed_frame(server) -> None:
     assert size > 4 * 1024 * 1024
     assert ids == [f"b{i}" for i in range(count)]
     assert ping_time < 1.0
-
-
-@pytest.fixture
-def tls_server(tmp_path: Path):
-    key_file, cert_file = self_signed_cert(tmp_path)
-    listen = [f"ssl:0:interface=127.0.0.1:privateKey={key_file}:certKey={cert_file}"]
-    for service in make_server(tmp_path, backend="memory", listen=listen):
-        yield service, cert_file
 
 
 def over_tls(address: str, cert_file: Path) -> list[dict]:

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support.splits import split
 from txloom.wire.cocaine import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Decoder,
@@ -121,15 +122,6 @@ messages = st.builds(
     st.lists(values, max_size=4),
     st.lists(header_entries, max_size=4).map(tuple),
 )
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for p in [*points, len(data)]:
-        pieces.append(data[last:p])
-        last = p
-    return pieces
 
 
 @given(st.lists(messages, max_size=6))

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support.splits import split
 from txloom.wire.crcjson import (
     BadChecksum,
     BadJSON,
@@ -36,15 +37,6 @@ json_values = st.recursive(
     max_leaves=20,
 )
 json_objects = st.dictionaries(st.text(), json_values, max_size=6)
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for p in [*points, len(data)]:
-        pieces.append(data[last:p])
-        last = p
-    return pieces
 
 
 def test_reference_frame_layout() -> None:

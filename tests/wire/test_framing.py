@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support.splits import split
 from txloom.wire.errors import FrameTooLarge, LocalProtocolError
 from txloom.wire.framing import U32_BE, U64_LE, LengthPrefixDecoder, encode_length_prefixed
 
@@ -18,11 +19,9 @@ prefixes = st.sampled_from([U32_BE, U64_LE])
 def test_round_trip_any_split(prefix, payloads, cuts) -> None:
     stream = b"".join(encode_length_prefixed(prefix, p, 1000) for p in payloads)
     decoder = LengthPrefixDecoder(prefix, 1000)
-    points = [*sorted({c % (len(stream) + 1) for c in cuts}), len(stream)]
-    out, last = [], 0
-    for p in points:
-        decoder.receive_data(stream[last:p])
-        last = p
+    out = []
+    for piece in split(stream, cuts):
+        decoder.receive_data(piece)
         out.extend(decoder)
     assert out == payloads
     assert not decoder.in_frame

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support.splits import split
 from txloom.wire.errors import FrameTooLarge, RemoteProtocolError
 from txloom.wire.rpc import (
     Cancel,
@@ -45,11 +46,9 @@ def test_message_round_trip(msg) -> None:
 def test_stream_round_trip_any_split(msgs, cuts) -> None:
     stream = b"".join(encode_frame(m) for m in msgs)
     decoder = RpcStreamDecoder()
-    points = [*sorted({c % (len(stream) + 1) for c in cuts}), len(stream)]
-    out, last = [], 0
-    for p in points:
-        decoder.receive_data(stream[last:p])
-        last = p
+    out = []
+    for piece in split(stream, cuts):
+        decoder.receive_data(piece)
         out.extend(decoder)
     assert out == msgs
 

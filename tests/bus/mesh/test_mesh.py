@@ -12,7 +12,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from zope.interface.verify import verifyObject
 
-from support.bus import Inbox, self_signed_certificate, until, within
+from support.bus import Inbox, until, within
+from support.certs import self_signed_certificate
 from txloom.bus import Bus, Message, SlowPodPolicy, TransportNotConfigured
 from txloom.bus.mesh import WebSocketMesh
 from txloom.interfaces import IMeshTransport
