@@ -21,7 +21,7 @@ from typing import Any
 
 import nats.errors
 
-__all__ = ["FenceFailed", "LinkDown", "NoAnswer", "fence"]
+__all__ = ["FenceFailed", "LinkDown", "NoAnswer", "fence", "round_trip", "written"]
 
 #: Turns of the event loop ``fence`` yields for nats-py's flusher before it starts waiting a
 #: millisecond between looks (the flusher needs one or two turns, unless the socket is full).
@@ -40,13 +40,10 @@ class NoAnswer(FenceFailed):
     """No PONG within the timeout, though the client still believes it is connected."""
 
 
-async def fence(nc: Any, timeout: float) -> None:
-    """Return once the server has processed every command ``nc`` was given before the call.
+async def written(nc: Any, timeout: float) -> None:
+    """Return once nats-py has written to the socket every command it was given before.
 
-    Raises ``LinkDown`` if the client is not connected, ``NoAnswer`` after ``timeout``
-    seconds without the server's answer. A PONG that comes after ``NoAnswer`` would find
-    nats-py's waiter cancelled and stop its reader; a caller that gets ``NoAnswer`` should
-    treat the connection as broken (``nc.force_reconnect()``).
+    Raises ``LinkDown`` if the client is not connected, ``NoAnswer`` after ``timeout``.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -59,12 +56,35 @@ async def fence(nc: Any, timeout: float) -> None:
             raise NoAnswer(f"nats-py did not write its buffer within {timeout}s")
         turns += 1
         await asyncio.sleep(0 if turns <= _EAGER_TURNS else 0.001)
-    # no await between the check above and the PING: nothing can slip into the buffer
+    if not nc.is_connected:
+        raise LinkDown("not connected to NATS")
+
+
+async def round_trip(nc: Any, timeout: float) -> None:
+    """PING, and return at the PONG: the server has processed what was *written* before.
+
+    A PONG that comes after ``NoAnswer`` would find nats-py's waiter cancelled and stop its
+    reader; a caller that gets ``NoAnswer`` should treat the connection as broken
+    (``nc.force_reconnect()``).
+    """
     if not nc.is_connected:
         raise LinkDown("not connected to NATS")
     try:
-        await nc.flush(timeout=max(deadline - loop.time(), 0.001))
+        await nc.flush(timeout=max(timeout, 0.001))
     except nats.errors.FlushTimeoutError:
         raise NoAnswer(f"no PONG from NATS within {timeout}s") from None
     except nats.errors.ConnectionClosedError:
         raise LinkDown("the NATS connection is closed") from None
+
+
+async def fence(nc: Any, timeout: float) -> None:
+    """Return once the server has processed every command ``nc`` was given before the call.
+
+    Raises ``LinkDown`` if the client is not connected, ``NoAnswer`` after ``timeout``
+    seconds without the server's answer (see ``round_trip``).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    await written(nc, timeout)
+    # no await between the check in written() and the PING: nothing can slip in between
+    await round_trip(nc, deadline - loop.time())

@@ -10,11 +10,13 @@ NATS connection is made with ``no_echo`` so the server never returns our own pub
 and a bounded memory of uuids drops any message seen before in either direction (a second
 bridge in the same mesh republishing it, say).
 
-A publication leaves the bridge's keeping only once the server has confirmed it. The bridge
-hands NATS a batch, then waits for a PING/PONG round trip that follows the batch on the wire
-(``fence``: nats-py's own ``flush`` can overtake what it buffered). If the connection drops
-first, the batch goes again, ahead of anything newer, on the next connection; while NATS is
-away, publications wait in a bounded outbox. So a NATS restart loses nothing the bridge was
+A publication leaves the bridge's keeping only once the server has confirmed it: after
+handing NATS publications, the bridge sends a PING behind them on the wire (nats-py's own
+``flush`` can overtake what it buffered, see ``fence``), and the PONG confirms everything
+before it. One PING is out at a time and publishing goes on meanwhile, so confirmation
+costs no throughput. If the connection drops first, what is unconfirmed goes again, ahead
+of anything newer, on the next connection; while NATS is away, publications wait in a
+bounded outbox. So a NATS restart loses nothing the bridge was
 given: every publication is confirmed (and the server routed it to the subscriptions that
 existed then), or counted as dropped (outbox full, larger than the server allows), or
 reported when the bridge stops. A publication in flight when a connection broke may reach
@@ -44,14 +46,14 @@ from txloom.bus.seen import DEFAULT_SEEN_CAPACITY, SeenSet
 from txloom.interfaces import IBridgeTransport
 from txloom.wire.grav import NotAMessage
 
-from .fence import FenceFailed, NoAnswer, fence
+from .fence import FenceFailed, NoAnswer, fence, round_trip, written
 from .loop import AsyncioRunner, runner_for
 from .subjects import valid_subject
 
 __all__ = [
-    "CONFIRM_BATCH",
     "CONFIRM_TIMEOUT",
     "OUTBOX_LIMIT",
+    "PUBLISH_BATCH",
     "RECONNECT_WAIT",
     "NatsBridge",
 ]
@@ -61,11 +63,10 @@ __all__ = [
 OUTBOX_LIMIT = 65_536
 #: Seconds between connection attempts while NATS is unreachable.
 RECONNECT_WAIT = 1.0
-#: Publications handed to NATS before the bridge asks the server to confirm them; one
-#: PING/PONG round trip per batch, and batches grow with the load up to this.
-CONFIRM_BATCH = 1024
-#: Seconds the server has to confirm a batch; past that the connection is taken for broken,
-#: and the batch goes again on a new one.
+#: Publications handed to NATS in one go before the bridge lets other work run on the loop.
+PUBLISH_BATCH = 1024
+#: Seconds the server has to answer a PING; past that the connection is taken for broken,
+#: and what it had not confirmed goes again on a new one.
 CONFIRM_TIMEOUT = 5.0
 #: Seconds one connection attempt may take (TCP, then NATS's INFO/CONNECT/PING).
 CONNECT_TIMEOUT = 2.0
@@ -93,7 +94,7 @@ class NatsBridge:
         seen_capacity: int = DEFAULT_SEEN_CAPACITY,
         outbox_limit: int = OUTBOX_LIMIT,
         reconnect_wait: float = RECONNECT_WAIT,
-        confirm_batch: int = CONFIRM_BATCH,
+        publish_batch: int = PUBLISH_BATCH,
         confirm_timeout: float = CONFIRM_TIMEOUT,
     ) -> None:
         self.bus = bus
@@ -104,8 +105,8 @@ class NatsBridge:
         for msg_type in self.message_types:
             if not valid_subject(subject_prefix + msg_type):
                 raise ValueError(f"{subject_prefix + msg_type!r} is not a valid NATS subject")
-        if confirm_batch < 1 or confirm_timeout <= 0 or reconnect_wait <= 0:
-            raise ValueError("confirm_batch, confirm_timeout and reconnect_wait must be > 0")
+        if publish_batch < 1 or confirm_timeout <= 0 or reconnect_wait <= 0:
+            raise ValueError("publish_batch, confirm_timeout and reconnect_wait must be > 0")
         self.subject_prefix = subject_prefix
         self.reactor = reactor if reactor is not None else bus.reactor
         self.runner = (
@@ -113,7 +114,7 @@ class NatsBridge:
         )
         self.outbox_limit = outbox_limit
         self.reconnect_wait = reconnect_wait
-        self.confirm_batch = confirm_batch
+        self.publish_batch = publish_batch
         self.confirm_timeout = confirm_timeout
         #: publications the server confirmed
         self.published = 0
@@ -141,6 +142,10 @@ class NatsBridge:
         self._unconfirmed: deque[tuple[str, bytes]] = deque()
         self._sent_on = 0
         self._generation = 0
+        # the PING out, if any; its PONG confirms the first ``_fenced`` of _unconfirmed
+        self._fencing: asyncio.Future[None] | None = None
+        self._fenced = 0
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._link_up = asyncio.Event()
         self._link_lost = asyncio.Event()
         self._wake = asyncio.Event()
@@ -412,6 +417,8 @@ class NatsBridge:
         self._connected = False
         self._link_up.clear()
         self._link_lost.set()
+        if self._fencing is not None:
+            self._fencing.cancel()  # the connection is gone, and its PONG with it
 
     async def _close(self) -> None:
         connecting = self._connect_task
@@ -447,34 +454,51 @@ class NatsBridge:
     # =========================================================================================
 
     async def _pump(self) -> None:
-        """The one task that hands publications to NATS, oldest first, until confirmed."""
+        """The one task that hands publications to NATS, oldest first, and sends the PINGs
+        that confirm them."""
+        outbox, unconfirmed = self._outbox, self._unconfirmed
         while True:
             self._outbox_scheduled = False  # from here on, a new publication wakes us
             self._wake.clear()
-            if self._link_up.is_set() and (self._outbox or self._unconfirmed):
-                if not await self._round():
-                    # nats-py found the connection broken and has not told us yet
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._link_lost.wait(), _LINK_SETTLE)
-            elif self._stopping:
+            if not self._link_up.is_set():
+                if self._stopping:
+                    return
+                await self._wake.wait()
+                continue
+            nc = self._nc
+            if nc is None or not nc.is_connected:
+                # nats-py found the connection broken and has not told us yet
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._link_lost.wait(), _LINK_SETTLE)
+                continue
+            if unconfirmed and self._sent_on != self._generation:
+                # sent on a connection that broke: the server may never have had them
+                self.resent += len(unconfirmed)
+                outbox.extendleft(reversed(unconfirmed))
+                unconfirmed.clear()
+            self._sent_on = self._generation
+            if outbox:
+                await self._hand_over(nc)
+            if self._fencing is None and len(unconfirmed) > 0:
+                try:
+                    await written(nc, self.confirm_timeout)
+                except FenceFailed:
+                    continue  # LinkDown: the link-lost path takes it from here
+                self._send_fence(nc)
+            if outbox and nc.is_connected:
+                await asyncio.sleep(0)  # let the reactor and nats-py's flusher run
+            elif self._stopping and not unconfirmed:
                 return
             else:
                 await self._wake.wait()
 
-    async def _round(self) -> bool:
-        """Hand NATS one batch and have the server confirm it; False if none could go."""
-        nc = self._nc
-        if nc is None or not nc.is_connected:
-            return False
+    async def _hand_over(self, nc: Any) -> None:
+        """Give nats-py up to ``publish_batch`` publications from the outbox."""
         outbox, unconfirmed = self._outbox, self._unconfirmed
-        if unconfirmed and self._sent_on != self._generation:
-            # sent on a connection that broke: the server may never have had them
-            self.resent += len(unconfirmed)
-            outbox.extendleft(reversed(unconfirmed))
-            unconfirmed.clear()
-        self._sent_on = self._generation
         max_payload = nc.max_payload
-        while outbox and len(unconfirmed) < self.confirm_batch and nc.is_connected:
+        for _ in range(self.publish_batch):
+            if not outbox or not nc.is_connected:
+                return
             subject, payload = outbox[0]
             if len(payload) > max_payload:
                 outbox.popleft()
@@ -486,41 +510,46 @@ class NatsBridge:
                 # the connection went away meanwhile (it goes on the next one), or worse
                 if nc.is_connected:
                     self._publish_failed(e)
-                break
+                    await asyncio.sleep(_LINK_SETTLE)
+                return
             unconfirmed.append(outbox.popleft())
-        if not unconfirmed:
-            return not outbox
-        await self._confirm(nc)
-        return True
 
-    async def _confirm(self, nc: Any) -> None:
-        """Wait for the server to confirm ``_unconfirmed``, or for the connection to go."""
-        fencing = asyncio.ensure_future(fence(nc, self.confirm_timeout))
-        lost = asyncio.ensure_future(self._link_lost.wait())
-        try:
-            await asyncio.wait((fencing, lost), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            lost.cancel()
-            if not fencing.done():
-                fencing.cancel()  # the connection is gone, and its PONG with it
-        if not fencing.done() or fencing.cancelled():
+    def _send_fence(self, nc: Any) -> None:
+        """PING behind every unconfirmed publication (all of them are written by now)."""
+        self._fenced = len(self._unconfirmed)
+        fencing = asyncio.ensure_future(round_trip(nc, self.confirm_timeout))
+        self._fencing = fencing
+        sent_on = self._sent_on
+        fencing.add_done_callback(lambda f: self._fence_done(f, nc, sent_on))
+
+    def _fence_done(self, fencing: asyncio.Future[None], nc: Any, sent_on: int) -> None:
+        if self._fencing is fencing:
+            self._fencing = None
+        self._wake.set()  # a PING for what was published meanwhile, or the end of stop()
+        if fencing.cancelled():
             return
         error = fencing.exception()
         if error is None:
-            self.published += len(self._unconfirmed)
-            self._unconfirmed.clear()
+            if sent_on == self._sent_on:  # not yet queued again for a new connection
+                for _ in range(self._fenced):
+                    self._unconfirmed.popleft()
+                self.published += self._fenced
         elif isinstance(error, NoAnswer):
             self._say(
                 "warn",
-                "NATS did not confirm {count} publications within {timeout}s; reconnecting "
-                "to send them again",
+                "NATS did not answer within {timeout}s ({count} publications unconfirmed); "
+                "reconnecting to send them again",
                 count=len(self._unconfirmed),
                 timeout=self.confirm_timeout,
             )
-            with contextlib.suppress(Exception):
-                await nc.force_reconnect()
+            self._background(nc.force_reconnect())
         elif not isinstance(error, FenceFailed):
             self._say("warn", "confirming publications with NATS failed: {error}", error=error)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     def _publish_failed(self, error: Exception) -> None:
         self._publish_failures += 1
