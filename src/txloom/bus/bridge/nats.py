@@ -13,14 +13,14 @@ bridge in the same mesh republishing it, say).
 A publication leaves the bridge's keeping only once the server has confirmed it: after
 handing NATS publications, the bridge sends a PING behind them on the wire (nats-py's own
 ``flush`` can overtake what it buffered, see ``fence``), and the PONG confirms everything
-before it. One PING is out at a time and publishing goes on meanwhile, so confirmation
-costs no throughput. If the connection drops first, what is unconfirmed goes again, ahead
-of anything newer, on the next connection; while NATS is away, publications wait in a
-bounded outbox. So a NATS restart loses nothing the bridge was
-given: every publication is confirmed (and the server routed it to the subscriptions that
-existed then), or counted as dropped (outbox full, larger than the server allows), or
-reported when the bridge stops. A publication in flight when a connection broke may reach
-NATS twice; the copy has the same uuid, and bridges drop it.
+before it. One PING is out at a time and publishing goes on meanwhile, so confirming does
+not hold publishing back. If the connection drops first, what is unconfirmed goes again,
+ahead of anything newer, on the next connection; while NATS is away, publications wait in
+a bounded outbox. So a NATS restart loses nothing the bridge was given: every publication
+is confirmed (the server routed it to the subscriptions that existed then), or counted as
+dropped (outbox full, larger than the server allows), or reported when the bridge stops.
+A publication in flight when a connection broke may reach NATS twice; the copy has the
+same uuid, and bridges drop it.
 
 nats-py is asyncio code; ``txloom.bus.bridge.loop`` runs it on the reactor's own loop under
 Twisted's asyncio reactor, or in a thread of its own under any other reactor.
