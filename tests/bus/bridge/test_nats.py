@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -10,21 +9,18 @@ from pathlib import Path
 import nats
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
+from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from support.bus import Inbox, until, within
-from support.nats import NatsServer, nats_server  # noqa: F401 (fixture)
+from support.nats import NatsGate, NatsListener, NatsServer, nats_server, on_loop  # noqa: F401
 from support.processes import free_port, twistd
 from txloom.bus import Bus, Message
+from txloom.bus.bridge.fence import fence
 from txloom.bus.bridge.nats import NatsBridge
 from txloom.interfaces import IBridgeTransport
 
 TYPES = ["orders.created", "orders.paid"]
-
-
-def on_loop(coro) -> Deferred:
-    return Deferred.fromFuture(asyncio.ensure_future(coro))
 
 
 @pytest_twisted.ensureDeferred
@@ -63,8 +59,9 @@ async def test_two_unmeshed_nodes_exchange_bridged_types_both_ways_exactly_once(
         ]
         assert not any(m.msg_type == "local.only" for m in b_in.messages)
         assert a.duplicates == b.duplicates == 0
-        assert (a.published, a.received) == (51, 51)
-        assert (b.published, b.received) == (51, 51)
+        # published counts what the server confirmed; its PONG may trail the delivery
+        await until(lambda: a.published == b.published == 51, 5, "both to be confirmed")
+        assert a.received == b.received == 51
         # the message crosses intact, byte for byte
         original = next(m for m in a_in.messages if m.uuid == created[7])
         copy = next(m for m in b_in.messages if m.uuid == created[7])
@@ -103,26 +100,176 @@ async def test_what_is_not_a_bridged_message_is_dropped(nats_server: NatsServer)
 
 
 @pytest_twisted.ensureDeferred
-async def test_bridge_keeps_trying_until_nats_is_there(tmp_path: Path) -> None:
-    server = NatsServer(tmp_path)
-    bus = Bus()
-    bridge = NatsBridge(bus, server.url, TYPES, reconnect_wait=0.1)
-    started = bridge.start()
-    bus.connect().send(Message.new("orders.created", b"early"))
+async def test_fence_puts_its_ping_behind_what_nats_py_buffered(tmp_path: Path) -> None:
+    """nats-py's ``flush()`` writes its PING ahead of the SUB/PUB still in its buffer;
+    ``fence`` makes the server see them first, so its PONG really confirms them."""
+    server = NatsServer(tmp_path, "-DV")
+    await server.started()
+
+    async def probe() -> None:
+        nc = await nats.connect(server.url, name="fence-probe")
+        try:
+            await nc.subscribe("fence.sub")
+            await nc.publish("fence.pub", b"x")
+            await fence(nc, 5)
+        finally:
+            await nc.close()
+
     try:
-        await until(lambda: bridge._outbox, 5, "the early message to wait for NATS")
+        await on_loop(probe())
+        await server.proc.when(r"fence-probe.*Client connection closed", 5)
+        lines = server.proc.lines
+        cid = next(re.search(r" - (cid:\d+) - ", ln)[1] for ln in lines if "fence-probe" in ln)
+        ops = [
+            m[1] for ln in lines if f" - {cid} - " in ln and (m := re.search(r"<<- \[(\w+)", ln))
+        ]
+        # CONNECT and the PING nats-py sends with it, then what the fence had to follow
+        assert ops == ["CONNECT", "PING", "SUB", "PUB", "PING"]
+    finally:
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bridge_keeps_trying_until_nats_is_there(tmp_path: Path) -> None:
+    """What was sent before NATS could be reached is delivered to a subscriber that was
+    there first, as is what is sent afterwards."""
+    server = NatsServer(tmp_path)
+    gate = NatsGate(server)  # closed: the bridge cannot reach NATS until the listener is in
+    bus = Bus()
+    bridge = NatsBridge(bus, gate.url, TYPES, reconnect_wait=0.05)
+    listener = NatsListener()
+    started = bridge.start()
+    sender = bus.connect()
+    early = sender.send(Message.new("orders.created", b"early")).uuid
+    try:
+        await until(lambda: bridge.describe()["waiting"] == 1, 5, "the early message to wait")
         assert not started.called
         assert bridge.published == 0
-        server.start()
-        await within(started, 15)
-        # what waited is handed to NATS as soon as the connection is up (delivery through
-        # a server that was up first is what the other tests check)
-        await until(lambda: bridge.published == 1, 5, "the early message to go out")
+        await within(server.started(), 20)
+        await within(listener.connect(server.url, "orders.created"))
+        gate.open()
+        await within(started, 10)
         assert bridge.describe()["connected"] is True
-        assert not bridge._outbox
+        await until(lambda: listener.received, 5, "the early message to be delivered")
+        late = sender.send(Message.new("orders.created", b"late")).uuid
+        await until(lambda: len(listener.received) == 2, 5, "the late message")
+        assert listener.uuids() == [early, late]
+        assert json.loads(listener.received[0].data)["payload"]["data"] == "ZWFybHk="
+        assert (bridge.published, bridge.resent) == (2, 0)
+        assert bridge.describe()["waiting"] == bridge.describe()["unconfirmed"] == 0
     finally:
         await bus.stop()
+        await listener.close()
+        await gate.close()
         server.stop()
+
+
+@pytest.mark.parametrize("runner", ["same", "thread"])
+@pytest_twisted.ensureDeferred
+async def test_a_nats_restart_loses_nothing_the_bridge_was_given(
+    tmp_path: Path, runner: str
+) -> None:
+    """NATS dies and comes back on the same port while the bridge runs: what was on its way
+    when it died and what the bus sent while it was away reach a subscriber on the new
+    server once each, in order, and the bridge's subscriptions are back too."""
+    server = NatsServer(tmp_path)
+    await within(server.started(), 20)
+    gate = NatsGate(server)
+    gate.open()
+    bus = Bus()
+    bridge = NatsBridge(bus, gate.url, TYPES, runner=runner, reconnect_wait=0.05)
+    listener = NatsListener()
+    inbox = Inbox(bus.connect(), "orders.paid")
+    try:
+        await within(bridge.start())
+        await within(listener.connect(server.url, "orders.created"))
+        sender = bus.connect()
+        before = [sender.send(Message.new("orders.created", str(i))).uuid for i in range(10)]
+        await until(lambda: bridge.published == 10, 5, "the server to confirm the first ten")
+        await until(lambda: len(listener.received) == 10, 5, "the first ten")
+
+        # NATS crashes with five publications on their way to it: they never arrive
+        gate.swallow()
+        lost = [sender.send(Message.new("orders.created", f"lost {i}")).uuid for i in range(5)]
+        await until(lambda: bridge.describe()["unconfirmed"] > 0, 5, "some to be in flight")
+        in_flight = bridge.describe()["unconfirmed"]
+        await gate.close()  # the bridge may reach the new server only once the listener has
+        server.stop()
+        await until(lambda: not bridge.describe()["connected"], 5, "the bridge to notice")
+        down = [sender.send(Message.new("orders.created", f"down {i}")).uuid for i in range(20)]
+        await until(lambda: bridge.describe()["waiting"] == 25 - in_flight, 5, "the rest to wait")
+        assert bridge.published == 10
+        assert len(listener.received) == 10
+
+        await within(server.started(), 20)
+        await until(lambda: listener.reconnects == 1, 10, "the listener to reconnect")
+        await within(listener.confirmed())
+        gate.open()
+        await until(lambda: len(listener.received) >= 35, 10, "what waited for NATS")
+        last = sender.send(Message.new("orders.created", b"last")).uuid
+        await until(lambda: bridge.published == 36, 5, "the server to confirm all")
+        await until(lambda: len(listener.received) >= 36, 5, "the last one")
+        assert listener.uuids() == [*before, *lost, *down, last]  # exactly once, in order
+        assert bridge.resent == in_flight
+        assert bridge.describe()["waiting"] == bridge.describe()["unconfirmed"] == 0
+        assert bridge.describe()["connected"] is True
+
+        # and NATS -> bus works again: the bridge subscribed on the new server
+        paid = Message.new("orders.paid", b"after the restart")
+        await within(listener.publish("orders.paid", paid.to_json()))
+        await within(inbox.has(paid.uuid))
+    finally:
+        await bus.stop()
+        await listener.close()
+        await gate.close()
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publication_nats_would_refuse_is_dropped_not_retried(tmp_path: Path) -> None:
+    config = tmp_path / "nats.conf"
+    config.write_text("max_payload: 1024\n")
+    server = NatsServer(tmp_path, "-c", str(config))
+    await within(server.started(), 20)
+    bus = Bus()
+    bridge = NatsBridge(bus, server.url, TYPES)
+    listener = NatsListener()
+    try:
+        await within(bridge.start())
+        await within(listener.connect(server.url, "orders.created"))
+        sender = bus.connect()
+        sender.send(Message.new("orders.created", b"x" * 4096))
+        small = sender.send(Message.new("orders.created", b"small")).uuid
+        await until(lambda: listener.received, 5, "the small message")
+        await until(lambda: bridge.published == 1, 5, "the server to confirm it")
+        assert listener.uuids() == [small]
+        assert bridge.oversize == 1
+    finally:
+        await bus.stop()
+        await listener.close()
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_while_nats_is_unreachable_says_what_was_never_delivered() -> None:
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    bus = Bus()
+    bridge = NatsBridge(bus, f"nats://127.0.0.1:{free_port()}", TYPES, reconnect_wait=0.05)
+    started = bridge.start()
+    try:
+        bus.connect().send(Message.new("orders.created"))
+        await until(lambda: bridge.describe()["waiting"] == 1, 5, "the message to wait")
+        await within(bus.stop(), 5)
+        assert started.called  # start() does not wait for ever once the bridge stopped
+        said = [
+            formatEvent(e)
+            for e in events
+            if e.get("log_namespace", "").startswith("txloom.bus.bridge")
+        ]
+        assert any("publications NATS never confirmed: 1" in line for line in said), said
+    finally:
+        globalLogPublisher.removeObserver(events.append)
 
 
 @pytest.mark.slow
