@@ -33,8 +33,14 @@ CRASH_LIMIT = 3
 #: First delay before respawning after a failed start; doubles per failure up to the max.
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 60.0
-#: Largest message on a worker's socket (bytes).
+#: Largest message on a worker's socket (bytes). Also what one session may send while it
+#: waits in the queue for a worker.
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+#: Bytes of one session's replies the host holds while the caller is not reading them
+#: (its connection's send buffer is full). One byte more fails the session with "client
+#: too slow": the protocol has no flow-control message, and pausing the worker's socket
+#: would stall every other session on that worker.
+BACKLOG_LIMIT = 8 * 1024 * 1024
 
 
 class ProfileError(ValueError):
@@ -58,6 +64,7 @@ class Profile:
     backoff_initial: float = BACKOFF_INITIAL
     backoff_max: float = BACKOFF_MAX
     max_message_size: int = MAX_MESSAGE_SIZE
+    backlog_limit: int = BACKLOG_LIMIT
     #: Queued sessions per worker that make the pool grow; None = derived from the limits.
     grow_threshold: int | None = None
 
