@@ -319,3 +319,46 @@ def test_reading_from_a_client_stays_paused_while_any_worker_holds_it() -> None:
     connection.resume_reading(first)  # not holding any more: no effect
     connection.resume_reading(second)
     assert transport.producerState == "producing"
+
+
+def test_a_caller_slower_than_its_worker_pauses_the_worker_briefly() -> None:
+    pool, launcher = make_pool(backlog_limit=1000, stall_limit=0.05)
+    clock = pool.clock
+    consumer = Consumer()
+    session = pool.enqueue(b"stream", (), consumer)
+    session.close()
+    worker = Worker(pool, launcher.uuids[0])
+    socket = worker.transport
+    session.pauseProducing()
+    worker.send(2, 0, [b"x" * 200])
+    assert socket.producerState == "producing"
+    worker.send(2, 0, [b"x" * 100])  # past a quarter of backlog-limit: the worker waits
+    assert socket.producerState == "paused" and pool.stats.stalls == 1
+    clock.advance(0.01)
+    session.resumeProducing()  # the caller catches up: the worker is read again
+    assert socket.producerState == "producing"
+    # for as long as it was paused, it is not paused again: its other sessions go on
+    session.pauseProducing()
+    worker.send(2, 0, [b"x" * 300])
+    assert socket.producerState == "producing"
+    clock.advance(0.01)
+    assert socket.producerState == "paused" and pool.stats.stalls == 2
+    # a caller that does not catch up within stall-limit is left to its backlog-limit
+    clock.advance(0.05)
+    assert socket.producerState == "producing"
+    clock.advance(1)
+    assert socket.producerState == "producing"
+    worker.send(2, 0, [b"x" * 400])
+    assert not session.finished
+    worker.send(2, 0, [b"x" * 400])
+    assert session.finished and consumer.items[-1][1] == errors.CLIENT_TOO_SLOW
+    assert socket.producerState == "producing"
+
+
+def test_stall_limit_0_never_pauses_the_worker() -> None:
+    pool, launcher = make_pool(backlog_limit=1000, stall_limit=0)
+    session = pool.enqueue(b"stream", (), Consumer())
+    worker = Worker(pool, launcher.uuids[0])
+    session.pauseProducing()
+    worker.send(2, 0, [b"x" * 900])
+    assert worker.transport.producerState == "producing" and pool.stats.stalls == 0

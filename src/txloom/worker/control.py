@@ -400,10 +400,16 @@ class WorkerConnection(MessageConnection):
         self.overshoot = 0
         self._feeders: set[Any] = set()
         self._waiting: list[Session] = []
+        #: Sessions whose callers read slower than the worker writes (see ``lagging``).
+        self._lagging: set[Session] = set()
+        self._reading_paused = False
+        self._paused_at = 0.0
+        self._no_pause_until = 0.0
+        self._stall_timer: Any = None
 
     def connectionMade(self) -> None:
         MessageConnection.connectionMade(self)
-        self.transport.registerProducer(self, True)
+        self.watch_send_buffer()
 
     def send(
         self,
@@ -440,6 +446,59 @@ class WorkerConnection(MessageConnection):
         waiting, self._waiting = self._waiting, []
         for session in waiting:
             session.flush_pending()
+
+    # -- pacing the worker to a caller that reads slower than it writes ------------------
+
+    def lagging(self, session: Session) -> None:
+        """``session``'s backlog is growing: stop reading from the worker for a moment.
+
+        Reading resumes when every lagging session has caught up, or after stall-limit
+        seconds at most; the worker is not paused again for as long as it just was, so
+        its other sessions get at least half of the time. A caller that does not catch
+        up within that is left to its backlog-limit.
+        """
+        self._lagging.add(session)
+        self._maybe_pause()
+
+    def caught_up(self, session: Session) -> None:
+        self._lagging.discard(session)
+        if not self._lagging and self._reading_paused:
+            self._resume_reading(overdue=False)
+
+    def _maybe_pause(self) -> None:
+        stall = self.pool.profile.stall_limit
+        if self._reading_paused or not self._lagging or stall <= 0 or self.transport is None:
+            return
+        clock = self.pool.clock
+        now = clock.seconds()
+        if now < self._no_pause_until:
+            if self._stall_timer is None:
+                self._stall_timer = clock.callLater(self._no_pause_until - now, self._retry)
+            return
+        self._reading_paused = True
+        self._paused_at = now
+        self.pool.stats.stalls += 1
+        self.transport.pauseProducing()
+        self._stall_timer = clock.callLater(stall, self._resume_reading, True)
+
+    def _retry(self) -> None:
+        self._stall_timer = None
+        self._maybe_pause()
+
+    def _resume_reading(self, overdue: bool) -> None:
+        timer, self._stall_timer = self._stall_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
+        now = self.pool.clock.seconds()
+        self._no_pause_until = now + (now - self._paused_at)
+        if overdue:
+            self._lagging.clear()  # too slow to be waited for: their backlog-limit decides
+        self.transport.resumeProducing()
+
+    # -- IPushProducer: the worker's side of the socket ----------------------------------
 
     def pauseProducing(self) -> None:
         self.congested = True
@@ -491,6 +550,10 @@ class WorkerConnection(MessageConnection):
     def connectionLost(self, reason: object = None) -> None:
         self.congested = False
         self._waiting = []  # the worker's sessions fail with it
+        self._lagging.clear()
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
         self._release()
         if self.control is not None:
             control, self.control = self.control, None

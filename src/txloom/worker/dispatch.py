@@ -154,7 +154,7 @@ class ServiceConnection(MessageConnection):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.transport.registerProducer(self, True)
+        self.watch_send_buffer()
 
     # -- the client's reading: producers of the channels' replies --------------------------
 

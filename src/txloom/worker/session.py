@@ -13,10 +13,13 @@ message, so each direction is bounded on its own terms:
   connection, an HTTP response) gets the session as its push producer. While the caller
   is not reading, the worker's replies wait in the session's *backlog*; past
   ``backlog_limit`` bytes the session fails with "client too slow", to the worker (an
-  error on the channel) and to the caller. The worker's socket is never paused for one
-  caller, so the worker's other sessions go on. The worker's slot stays taken until the
-  backlog has reached the caller, which bounds what an app can hold at
-  pool-limit x concurrency x backlog-limit.
+  error on the channel) and to the caller. A caller that reads, only slower than the
+  worker writes, would get there too on a long stream; so past a quarter of the limit the
+  session asks its worker's socket to stop being read a moment (``WorkerConnection.
+  lagging``: at most stall-limit at a time, at most half of the time), which paces the
+  worker to that caller without stalling its other sessions for longer. The worker's
+  slot stays taken until the backlog has reached the caller, which bounds what an app
+  can hold at pool-limit x concurrency x backlog-limit.
 * caller -> worker: when the worker's socket is not keeping up, the connection the
   message came from (``feeder``) is no longer read until the socket drains (see
   ``WorkerConnection.hold``). While the session waits in the queue, what the caller sends
@@ -49,6 +52,9 @@ if TYPE_CHECKING:
 DEFAULT_PENDING_LIMIT = 64 * 1024 * 1024
 #: Default of ``Session.backlog_limit`` (the pool sets its profile's backlog-limit).
 DEFAULT_BACKLOG_LIMIT = 8 * 1024 * 1024
+#: Past backlog-limit / PACE_DIVISOR held bytes a session asks its worker's socket to
+#: pause for a moment; below half of that it lets it go again.
+PACE_DIVISOR = 4
 #: What a message held for a queued session costs besides its payload: the Python
 #: objects around it (tuple, list, bytes header).
 MESSAGE_OVERHEAD = 128
@@ -73,6 +79,9 @@ class FlowStats:
     sent to sessions still in the queue; ``overshoot``: bytes written to a worker's socket
     after it stopped keeping up (the message in hand and what else arrived in the same
     read, before the feeding connection was paused). Each has its high-water mark.
+    ``overflows`` counts sessions failed as too slow, ``stalls`` the moments a worker's
+    socket was not read for a caller to catch up, ``throttled`` the pauses of callers'
+    connections for a lagging worker.
     """
 
     __slots__ = (
@@ -82,6 +91,7 @@ class FlowStats:
         "overshoot_peak",
         "pending",
         "pending_peak",
+        "stalls",
         "throttled",
     )
 
@@ -93,6 +103,7 @@ class FlowStats:
         self.pending_peak = 0
         self.overshoot_peak = 0
         self.throttled = 0
+        self.stalls = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name.replace("_", "-"): getattr(self, name) for name in self.__slots__}
@@ -109,6 +120,7 @@ class Session:
         "_backlog_bytes",
         "_consumer",
         "_flushing",
+        "_lagging",
         "_pending",
         "_pending_bytes",
         "backlog_limit",
@@ -152,6 +164,7 @@ class Session:
         self._backlog: deque[tuple[int, Any]] = deque()
         self._backlog_bytes = 0
         self._flushing = False
+        self._lagging = False
         self.stats = stats if stats is not None else FlowStats()
         #: The caller's connection (``pause_reading``/``resume_reading``), if it has one.
         self.feeder = feeder
@@ -332,6 +345,17 @@ class Session:
         stats.backlog_peak = max(stats.backlog_peak, stats.backlog)
         if self._backlog_bytes > self.backlog_limit:
             self._overflow()
+        elif not self._lagging and self._backlog_bytes > self.backlog_limit // PACE_DIVISOR:
+            worker = self.worker
+            if worker is not None and worker.connection is not None:
+                self._lagging = True
+                worker.connection.lagging(self)
+
+    def _caught_up(self) -> None:
+        self._lagging = False
+        worker = self.worker
+        if worker is not None and worker.connection is not None:
+            worker.connection.caught_up(self)
 
     def _overflow(self) -> None:
         held = self._backlog_bytes
@@ -355,6 +379,8 @@ class Session:
         )
 
     def _drop_backlog(self) -> None:
+        if self._lagging:
+            self._caught_up()
         if self._backlog:
             self._backlog.clear()
         if self._backlog_bytes:
@@ -387,6 +413,8 @@ class Session:
                     break
         finally:
             self._flushing = False
+        if self._lagging and self._backlog_bytes < self.backlog_limit // (2 * PACE_DIVISOR):
+            self._caught_up()
 
     def stopProducing(self) -> None:
         self.cancel("the caller's connection was closed")
