@@ -72,14 +72,12 @@ def _plain(request: Request, status: int, text: str) -> None:
     request.finish()
 
 
-def _body_length(request: Request, status: int, headers: dict[bytes, list[bytes]]) -> int | None:
+def _body_length(request: Request, status: int, lengths: list[bytes]) -> int | None:
     """The Content-Length the reply promises, if it has a body and one clear length."""
-    if request.method == b"HEAD" or status in NO_BODY_CODES or status < 200:
+    if len(lengths) != 1 or request.method == b"HEAD" or status in NO_BODY_CODES or status < 200:
         return None
-    values = [v for name, vs in headers.items() if name.lower() == b"content-length" for v in vs]
-    if len(values) != 1 or not values[0].strip().isdigit():
-        return None
-    return int(values[0])
+    length = lengths[0].strip()
+    return int(length) if length.isdigit() else None
 
 
 @implementer(IDownstream, IConsumer)
@@ -119,8 +117,9 @@ class HttpReply:
     def _client_gone(self, _: object) -> None:
         self.gone = True
         self.producer = None
-        if self.session is not None:
-            self.session.cancel("HTTP client disconnected")
+        session, self.session = self.session, None
+        if session is not None:
+            session.cancel("HTTP client disconnected")
 
     # -- IConsumer ------------------------------------------------------------------------
 
@@ -136,13 +135,17 @@ class HttpReply:
             producer.pauseProducing()
 
     def unregisterProducer(self) -> None:
+        # the response is settled: what is left to do goes without the session (and
+        # without a reference cycle between the two)
+        self.session = None
         producer, self.producer = self.producer, None
         if producer is None:
             return
         if self.request.channel is not None:
             self.request.unregisterProducer()
         # no longer held back by this response: whatever the session still has is dropped
-        producer.resumeProducing()
+        if getattr(producer, "paused", True):
+            producer.resumeProducing()
 
     # -- IDownstream ----------------------------------------------------------------------
 
@@ -177,15 +180,20 @@ class HttpReply:
         self.started = True
         request.setResponseCode(status)
         grouped: dict[bytes, list[bytes]] = {}
+        lengths: list[bytes] = []
         for name, value in headers:
-            if name.lower() not in HOP_BY_HOP:
+            lowered = name.lower()
+            if lowered not in HOP_BY_HOP:
                 grouped.setdefault(name, []).append(value)
+                if lowered == b"content-length":
+                    lengths.append(value)
         set_header = request.responseHeaders.setRawHeaders
         for name, values in grouped.items():
             set_header(name, values)
-        self.remaining = _body_length(request, status, grouped)
-        if self.remaining == 0:
-            self._complete()
+        if lengths:
+            self.remaining = _body_length(request, status, lengths)
+            if self.remaining == 0:
+                self._complete()
 
     def _complete(self) -> None:
         """The whole body is out: finish the response now; the session ends on its own."""

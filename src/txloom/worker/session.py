@@ -161,7 +161,8 @@ class Session:
         self.pending_limit = DEFAULT_PENDING_LIMIT
         #: Bytes of replies held for a caller that does not read; one more fails the session.
         self.backlog_limit = DEFAULT_BACKLOG_LIMIT
-        self._backlog: deque[tuple[int, Any]] = deque()
+        #: Replies held for the caller (made when first needed: most sessions never wait).
+        self._backlog: deque[tuple[int, Any]] | None = None
         self._backlog_bytes = 0
         self._flushing = False
         self._lagging = False
@@ -211,9 +212,12 @@ class Session:
                 return False
             pending.append((mtype, args, cost))
         else:
-            worker = self.worker
-            assert worker is not None  # pending is dropped only once a worker has it
-            worker.forward(self.channel, mtype, args, self.feeder)
+            # WorkerControl.forward, inlined: this is every chunk a caller sends
+            connection = self.worker.connection  # type: ignore[union-attr]
+            if connection is not None:
+                connection.send(self.channel, mtype, args)
+                if connection.congested and self.feeder is not None:
+                    connection.hold(self.feeder)
         if not self.upstream_open and not self.downstream_open and not self._backlog:
             self._finish()
         return True
@@ -260,7 +264,10 @@ class Session:
         self.worker = worker
         self.channel = channel
         worker.send(channel, 0, [self.event], self.headers)
-        self.flush_pending()
+        if self._pending:
+            self.flush_pending()
+        else:
+            self._pending = None
 
     def flush_pending(self) -> None:
         """Pass on what the caller sent meanwhile, as fast as the worker's socket drains.
@@ -324,8 +331,12 @@ class Session:
         self.worker_ended = True
         if self.paused or self._backlog:
             self._hold(mtype, end, 0)  # the end waits behind the replies it follows
-            return
-        self._deliver_end(mtype, end)
+        elif mtype == CHOKE:
+            self.downstream.close()
+            if not self.upstream_open:
+                self._finish()
+        else:
+            self._deliver_end(mtype, end)
 
     def _deliver_end(self, mtype: int, end: Any) -> None:
         if mtype == CHOKE:
@@ -336,7 +347,10 @@ class Session:
             self._finish()
 
     def _hold(self, mtype: int, item: Any, size: int) -> None:
-        self._backlog.append((mtype, item))
+        backlog = self._backlog
+        if backlog is None:
+            backlog = self._backlog = deque()
+        backlog.append((mtype, item))
         if not size:
             return
         self._backlog_bytes += size
@@ -382,7 +396,7 @@ class Session:
         if self._lagging:
             self._caught_up()
         if self._backlog:
-            self._backlog.clear()
+            self._backlog = None
         if self._backlog_bytes:
             self.stats.backlog -= self._backlog_bytes
             self._backlog_bytes = 0
@@ -398,6 +412,8 @@ class Session:
         if self._flushing or self.finished:
             return
         backlog = self._backlog
+        if backlog is None:
+            return
         self._flushing = True
         try:
             while backlog and not self.paused:
@@ -444,8 +460,10 @@ class Session:
         if self.finished:
             return
         self.finished = True
-        self._release_pending()
-        self._drop_backlog()
+        if self._pending_bytes:
+            self._release_pending()
+        if self._backlog_bytes or self._backlog or self._lagging:
+            self._drop_backlog()
         if self.timer is not None:
             if self.timer.active():
                 self.timer.cancel()
