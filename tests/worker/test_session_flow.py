@@ -362,3 +362,41 @@ def test_stall_limit_0_never_pauses_the_worker() -> None:
     session.pauseProducing()
     worker.send(2, 0, [b"x" * 900])
     assert worker.transport.producerState == "producing" and pool.stats.stalls == 0
+
+
+def _web_request() -> tuple[Any, Any]:
+    from twisted.web.server import Request
+    from twisted.web.test.requesthelper import DummyChannel
+
+    channel = DummyChannel()
+    request = Request(channel)
+    request.method, request.uri, request.clientproto = b"GET", b"/", b"HTTP/1.1"
+    return channel, request
+
+
+def test_http_error_before_anything_was_written_gets_a_status_of_its_own() -> None:
+    from txloom.wire.cocaine_http import encode_response_head
+    from txloom.worker.http_front import HttpReply
+
+    channel, request = _web_request()
+    reply = HttpReply(request, "app")
+    reply.write(encode_response_head(200, [(b"X-App", b"1"), (b"Content-Length", b"9")]))
+    reply.error(errors.ENGINE, errors.CLIENT_TOO_SLOW, "client too slow: ...")
+    written = channel.transport.written.getvalue()
+    assert written.startswith(b"HTTP/1.1 503 ")
+    assert b"X-App" not in written and written.endswith(b"\r\n\r\nclient too slow: ...\n")
+
+
+def test_http_response_registered_while_the_client_lags_starts_paused() -> None:
+    from txloom.worker.http_front import HttpReply
+
+    channel, request = _web_request()
+    channel._waitingForTransport = True  # a pipelined request, the previous reply unread
+    log: list[str] = []
+    producer = Producer("session", log)
+    reply = HttpReply(request, "app")
+    reply.registerProducer(producer, True)
+    assert log == ["pause session"]
+    reply.close()  # (without a head: a 502) the producer is let go first
+    assert request.producer is None
+    assert channel.transport.written.getvalue().startswith(b"HTTP/1.1 502 ")
