@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -172,29 +173,40 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 class Child:
-    """A child process whose output lines are kept and searched."""
+    """A child process whose output lines are kept (read on a thread) and searched.
+
+    Reading on a thread also keeps draining the pipe: a chatty child (a host logging at
+    debug level, say) would otherwise block on a full pipe and stall the benchmark.
+    """
 
     def __init__(self, argv: list[str], cwd: Path) -> None:
         self.proc = subprocess.Popen(
             argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         self.lines: list[str] = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip())
+                self._changed.notify_all()
 
     def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
-        import select
-
         deadline = time.monotonic() + timeout
         regex = re.compile(pattern)
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-            if ready:
-                line = self.proc.stdout.readline()
-                if not line:
+        index = 0
+        with self._changed:
+            while True:
+                while index < len(self.lines):
+                    if match := regex.search(self.lines[index]):
+                        return match
+                    index += 1
+                if time.monotonic() > deadline or self.proc.poll() is not None:
                     break
-                self.lines.append(line.rstrip())
-                if match := regex.search(line):
-                    return match
+                self._changed.wait(0.5)
         raise RuntimeError(
             f"no {pattern!r} from {self.proc.args[:3]}:\n" + "\n".join(self.lines[-20:])
         )

@@ -58,7 +58,8 @@ class AppService:
             if len(args) != 1 or not isinstance(args[0], bytes):
                 reply.error(errors.DISPATCH, errors.BAD_ARGUMENTS, "enqueue takes [event]")
                 return _Ignored()
-            return self.pool.enqueue(args[0], headers, reply)
+            # the connection the caller's chunks arrive on; held while its worker lags
+            return self.pool.enqueue(args[0], headers, reply, getattr(reply, "feeder", None))
         if method == INFO:
             reply.value(self.pool.info())
             return None

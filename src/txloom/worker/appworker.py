@@ -80,15 +80,44 @@ class Request(ChunkStream):
 
 
 class Response:
-    """The worker's side of a session: chunks, then ``close()`` or ``error()``."""
+    """The worker's side of a session: chunks, then ``close()`` or ``error()``.
+
+    The engine may give up on the session (the caller went away or did not read, a
+    timeout): the response is then ``cancelled`` with that error, and ``write`` raises it,
+    so that a handler streaming a long reply stops.
+    """
 
     def __init__(self, connection: EngineConnection, channel: int) -> None:
         self._connection = connection
         self.channel = channel
         self.closed = False
+        #: The engine's error if it has given up on the session.
+        self.cancelled: errors.ServiceError | None = None
+        self._on_cancel: list[Callable[[errors.ServiceError], object]] = []
+
+    def on_cancel(self, callback: Callable[[errors.ServiceError], object]) -> None:
+        """Call ``callback(error)`` if (or once) the engine gives up on the session."""
+        if self.cancelled is not None:
+            callback(self.cancelled)
+        else:
+            self._on_cancel.append(callback)
+
+    def cancel(self, error: errors.ServiceError) -> None:
+        """The engine gave up on the session: close it, and stop whoever writes to it."""
+        if self.closed:
+            return
+        self.closed = True
+        self.cancelled = error
+        self._connection.send(self.channel, CHOKE, [])  # lets the engine forget the channel
+        self._connection.response_done(self.channel)
+        callbacks, self._on_cancel = self._on_cancel, []
+        for callback in callbacks:
+            callback(error)
 
     def write(self, data: bytes | str) -> None:
         if self.closed:
+            if self.cancelled is not None:
+                raise self.cancelled
             raise RuntimeError("write on a closed response")
         if isinstance(data, str):
             data = data.encode("utf-8")
@@ -294,7 +323,14 @@ class EngineConnection(MessageConnection):
                 request.close()
                 self._maybe_forget(channel)
             elif mtype == ERROR:
-                request.fail(errors.ServiceError.from_wire(message.args))
+                error = errors.ServiceError.from_wire(message.args)
+                # after the caller's close only the engine can send this: it gives up;
+                # otherwise the caller ended its request with an error (or the engine
+                # gave up for it, which its error code says)
+                cancels = request.ended or (error.category, error.code) in errors.CANCELLING
+                request.fail(error)
+                if cancels:
+                    pair[1].cancel(error)
                 self._maybe_forget(channel)
         elif channel == CONTROL_CHANNEL:
             if message.type == TERMINATE:
@@ -335,7 +371,7 @@ class EngineConnection(MessageConnection):
                 response.close()
 
         def failed(failure: Failure) -> None:
-            if failure.value is request.error:
+            if failure.value is request.error or failure.value is response.cancelled:
                 # the caller (or the engine for it) ended the request with an error
                 self.log.info(
                     "{event!r} stopped by the caller: {error}",

@@ -23,6 +23,11 @@ from txloom.wire.cocaine import (
 )
 from txloom.wire.errors import RemoteProtocolError
 
+#: Bytes a host-side connection's transport buffers before it asks its producer to pause.
+#: Twisted's default (64 KiB) is one 64 KiB chunk: every chunk would pause and resume the
+#: stream and leave the socket idle between them; a few chunks in flight keep it busy.
+SEND_BUFFER = 256 * 1024
+
 
 def default_reactor() -> Any:
     """The global reactor, imported only when first needed (importing installs it)."""
@@ -75,6 +80,12 @@ class MessageConnection(Protocol):
 
     def messageReceived(self, message: Message) -> None:
         raise NotImplementedError
+
+    def watch_send_buffer(self) -> None:
+        """Become the transport's push producer, paused past ``SEND_BUFFER`` bytes."""
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = SEND_BUFFER
+        self.transport.registerProducer(self, True)
 
     def send(
         self,

@@ -10,6 +10,10 @@ Whatever the way out, every session still on the worker gets an error: the one t
 chose (discarded, shutting down) or "worker has been lost". ``WorkerConnection`` is the
 protocol on the app's Unix socket; its first message must be a handshake naming a uuid the
 pool spawned.
+
+The socket is never paused for one session's sake (that would stall the others); when
+the worker does not keep up with what callers send, the connections feeding it are
+paused instead (``WorkerConnection.hold``) until the socket's send buffer has drained.
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from txloom.wire.cocaine import (
+    CHOKE,
     CONTROL_CHANNEL,
+    ERROR,
     HANDSHAKE,
     HEARTBEAT,
     TERMINATE,
@@ -49,6 +57,10 @@ GONE = "gone"
 TERMINATE_NORMAL = 1
 TERMINATE_ABNORMAL = 2
 
+#: Channels of sessions that ended before the worker closed them, remembered per worker
+#: so that what the worker still sends on them is dropped quietly (oldest forgotten first).
+MAX_ABANDONED_CHANNELS = 1024
+
 
 class WorkerControl:
     """One worker process as the engine sees it."""
@@ -65,6 +77,8 @@ class WorkerControl:
         self.process: Any = None
         self.connection: WorkerConnection | None = None
         self.sessions: dict[int, Session] = {}
+        #: Channels whose session ended while the worker still had them open.
+        self.abandoned: dict[int, None] = {}
         self.next_channel = 2
         self.spawned_at = self.clock.seconds()
         self.last_seen = self.spawned_at
@@ -136,6 +150,14 @@ class WorkerControl:
         if self.connection is not None:
             self.connection.send(channel, mtype, args, headers)
 
+    def forward(self, channel: int, mtype: int, args: Sequence[Any], feeder: Any) -> None:
+        """A caller's message on a session; its ``feeder`` waits if the worker lags."""
+        connection = self.connection
+        if connection is not None:
+            connection.send(channel, mtype, args)
+            if connection.congested and feeder is not None:
+                connection.hold(feeder)
+
     def message(self, msg: Message) -> None:
         """A message from the worker after its handshake."""
         if msg.channel == CONTROL_CHANNEL:
@@ -164,6 +186,11 @@ class WorkerControl:
             return
         session = self.sessions.get(msg.channel)
         if session is None:
+            if msg.channel in self.abandoned:
+                # the session was failed or cancelled; the worker has not heard yet
+                if msg.type in (CHOKE, ERROR):
+                    del self.abandoned[msg.channel]
+                return
             self.log.debug(
                 "{app}: worker {uuid} wrote on channel {channel} which has no session",
                 app=self.app,
@@ -269,7 +296,14 @@ class WorkerControl:
         session.attach(self, channel)
 
     def session_done(self, session: Session) -> None:
-        if self.sessions.pop(session.channel, None) is not None and not self.sessions:
+        if self.sessions.pop(session.channel, None) is None:
+            return
+        if not session.worker_ended:
+            abandoned = self.abandoned
+            abandoned[session.channel] = None
+            if len(abandoned) > MAX_ABANDONED_CHANNELS:
+                del abandoned[next(iter(abandoned))]
+        if not self.sessions:
             self.idle_since = self.clock.seconds()
             self._arm_idle()
 
@@ -346,13 +380,137 @@ class WorkerControl:
             self.kill()
 
 
+@implementer(IPushProducer)
 class WorkerConnection(MessageConnection):
-    """A worker's connection to its app's Unix socket."""
+    """A worker's connection to its app's Unix socket.
+
+    It is its transport's push producer only to learn when the worker stops keeping up
+    (``congested``); it never stops writing. A caller's connection that sends to a
+    congested worker is paused (``hold``) and resumed once the send buffer has drained
+    or the worker has gone.
+    """
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
         self.control: WorkerControl | None = None
         self.max_message_size = pool.profile.max_message_size
+        #: True while the transport's send buffer is full.
+        self.congested = False
+        #: Bytes written since the send buffer filled (what runs past it).
+        self.overshoot = 0
+        self._feeders: set[Any] = set()
+        self._waiting: list[Session] = []
+        #: Sessions whose callers read slower than the worker writes (see ``lagging``).
+        self._lagging: set[Session] = set()
+        self._reading_paused = False
+        self._paused_at = 0.0
+        self._no_pause_until = 0.0
+        self._stall_timer: Any = None
+
+    def connectionMade(self) -> None:
+        MessageConnection.connectionMade(self)
+        self.watch_send_buffer()
+
+    def send(
+        self,
+        channel: int,
+        mtype: int,
+        args: Sequence[Any] = (),
+        headers: Sequence[HeaderEntry] | None = None,
+    ) -> None:
+        data = self._encoder.encode(channel, mtype, args, headers)
+        if self.congested:
+            self.overshoot += len(data)
+            stats = self.pool.stats
+            stats.overshoot_peak = max(stats.overshoot_peak, self.overshoot)
+        self.transport.write(data)
+
+    def hold(self, feeder: Any) -> None:
+        """Stop reading from ``feeder`` (a caller's connection) until the worker drains."""
+        if feeder not in self._feeders:
+            self._feeders.add(feeder)
+            self.pool.stats.throttled += 1
+            feeder.pause_reading(self)
+
+    def when_drained(self, session: Session) -> None:
+        """Have ``session`` pass on its queued messages once the send buffer has drained."""
+        if session not in self._waiting:
+            self._waiting.append(session)
+
+    def _release(self) -> None:
+        # feeders first: they are read again only later, on the reactor's next turn, and
+        # a session that fills the buffer again below holds its feeder anew
+        feeders, self._feeders = self._feeders, set()
+        for feeder in feeders:
+            feeder.resume_reading(self)
+        waiting, self._waiting = self._waiting, []
+        for session in waiting:
+            session.flush_pending()
+
+    # -- pacing the worker to a caller that reads slower than it writes ------------------
+
+    def lagging(self, session: Session) -> None:
+        """``session``'s backlog is growing: stop reading from the worker for a moment.
+
+        Reading resumes when every lagging session has caught up, or after stall-limit
+        seconds at most; the worker is not paused again for as long as it just was, so
+        its other sessions get at least half of the time. A caller that does not catch
+        up within that is left to its backlog-limit.
+        """
+        self._lagging.add(session)
+        self._maybe_pause()
+
+    def caught_up(self, session: Session) -> None:
+        self._lagging.discard(session)
+        if not self._lagging and self._reading_paused:
+            self._resume_reading(overdue=False)
+
+    def _maybe_pause(self) -> None:
+        stall = self.pool.profile.stall_limit
+        if self._reading_paused or not self._lagging or stall <= 0 or self.transport is None:
+            return
+        clock = self.pool.clock
+        now = clock.seconds()
+        if now < self._no_pause_until:
+            if self._stall_timer is None:
+                self._stall_timer = clock.callLater(self._no_pause_until - now, self._retry)
+            return
+        self._reading_paused = True
+        self._paused_at = now
+        self.pool.stats.stalls += 1
+        self.transport.pauseProducing()
+        self._stall_timer = clock.callLater(stall, self._resume_reading, True)
+
+    def _retry(self) -> None:
+        self._stall_timer = None
+        self._maybe_pause()
+
+    def _resume_reading(self, overdue: bool) -> None:
+        timer, self._stall_timer = self._stall_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
+        now = self.pool.clock.seconds()
+        self._no_pause_until = now + (now - self._paused_at)
+        if overdue:
+            self._lagging.clear()  # too slow to be waited for: their backlog-limit decides
+        self.transport.resumeProducing()
+
+    # -- IPushProducer: the worker's side of the socket ----------------------------------
+
+    def pauseProducing(self) -> None:
+        self.congested = True
+
+    def resumeProducing(self) -> None:
+        self.congested = False
+        self.overshoot = 0
+        if self._feeders or self._waiting:
+            self._release()
+
+    def stopProducing(self) -> None:
+        pass  # connectionLost releases the feeders
 
     def dataReceived(self, data: bytes) -> None:
         control = self.control
@@ -390,6 +548,13 @@ class WorkerConnection(MessageConnection):
         self.transport.abortConnection()
 
     def connectionLost(self, reason: object = None) -> None:
+        self.congested = False
+        self._waiting = []  # the worker's sessions fail with it
+        self._lagging.clear()
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
+        self._release()
         if self.control is not None:
             control, self.control = self.control, None
             control.connection_lost()

@@ -6,12 +6,20 @@ each direction follows the method's protocol graph: a message type leads to the 
 protocol, to the same one (``None``, recursive) or to the end (``{}``, terminal). A channel
 is forgotten when both directions have ended. A message on a forgotten or never-opened
 channel is logged and dropped; it never takes the connection down.
+
+Flow control: the connection is its transport's push producer, so it knows when the
+client stops reading. A channel's reply may get a producer of its own (a session,
+``ChannelReply.registerProducer``) which is paused and resumed with the connection, in
+turn so that no channel starves; what such a producer holds meanwhile is its own
+business (a session bounds it). Reading from the client can be held by others
+(``pause_reading``): a worker that is not keeping up holds the connections feeding it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
@@ -67,9 +75,13 @@ def step(current: Protocol, mtype: int) -> Protocol:
     return current if nxt is None else nxt
 
 
-@implementer(IReplyChannel)
+@implementer(IReplyChannel, IConsumer)
 class ChannelReply:
-    """The server side of one channel: replies go out on the connection."""
+    """The server side of one channel: replies go out on the connection.
+
+    As a consumer it takes a push producer (a session streaming a worker's replies) that
+    is paused while the client does not read; writes are never refused.
+    """
 
     __slots__ = ("channel", "connection", "protocol")
 
@@ -105,6 +117,17 @@ class ChannelReply:
     def close(self) -> None:
         self.send(CHOKE, [])
 
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self.connection.add_producer(self.channel, producer)
+
+    def unregisterProducer(self) -> None:
+        self.connection.remove_producer(self.channel)
+
+    @property
+    def feeder(self) -> ServiceConnection:
+        """The connection the channel's requests arrive on (its reading can be held)."""
+        return self.connection
+
 
 class _Channel:
     __slots__ = ("protocol", "reply", "upstream")
@@ -115,6 +138,7 @@ class _Channel:
         self.reply = reply
 
 
+@implementer(IPushProducer)
 class ServiceConnection(MessageConnection):
     """One client's connection to a service."""
 
@@ -123,6 +147,70 @@ class ServiceConnection(MessageConnection):
         self.channels: dict[int, _Channel] = {}
         self.last_channel = 0
         self.gone = False
+        #: True while the client does not read (the transport's send buffer is full).
+        self.paused = False
+        self._producers: dict[int, IPushProducer] = {}
+        self._holds: set[object] = set()
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.watch_send_buffer()
+
+    # -- the client's reading: producers of the channels' replies --------------------------
+
+    def add_producer(self, channel_id: int, producer: IPushProducer) -> None:
+        self._producers[channel_id] = producer
+        if self.paused:
+            producer.pauseProducing()
+
+    def remove_producer(self, channel_id: int) -> None:
+        self._producers.pop(channel_id, None)
+
+    def pauseProducing(self) -> None:
+        if self.paused:  # the transport says so again on every write while full
+            return
+        self.paused = True
+        for producer in list(self._producers.values()):
+            producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        producers = self._producers
+        if not producers:
+            return
+        order = list(producers.items())
+        served = 0
+        for _channel_id, producer in order:
+            if self.paused:  # a producer filled the send buffer again
+                break
+            served += 1
+            producer.resumeProducing()
+        # the next round starts after the last channel served in this one, so that none
+        # starves (or with the second, when every one was served)
+        for channel_id, producer in order[: served if self.paused else 1]:
+            if producers.get(channel_id) is producer:
+                del producers[channel_id]
+                producers[channel_id] = producer
+
+    def stopProducing(self) -> None:
+        pass  # connectionLost cancels what is open
+
+    # -- our reading: held while a worker this client feeds does not keep up -------------
+
+    def pause_reading(self, by: object) -> None:
+        """Stop reading from the client until ``resume_reading(by)`` (for every ``by``)."""
+        if by in self._holds:
+            return
+        self._holds.add(by)
+        if len(self._holds) == 1 and not self.gone:
+            self.transport.pauseProducing()
+
+    def resume_reading(self, by: object) -> None:
+        if by not in self._holds:
+            return
+        self._holds.discard(by)
+        if not self._holds and not self.gone:
+            self.transport.resumeProducing()
 
     def messageReceived(self, message: Message) -> None:
         channel = self.channels.get(message.channel)
@@ -194,6 +282,7 @@ class ServiceConnection(MessageConnection):
         self._maybe_forget(message.channel, channel)
 
     def downstream_done(self, channel_id: int) -> None:
+        self._producers.pop(channel_id, None)
         channel = self.channels.get(channel_id)
         if channel is not None:
             self._maybe_forget(channel_id, channel)
@@ -204,6 +293,8 @@ class ServiceConnection(MessageConnection):
 
     def connectionLost(self, reason: object = None) -> None:
         self.gone = True
+        self._producers.clear()
+        self._holds.clear()
         channels, self.channels = self.channels, {}
         for channel in channels.values():
             if channel.upstream is not None:

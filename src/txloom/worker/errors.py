@@ -32,6 +32,14 @@ SHUTTING_DOWN = 6
 CLIENT_DISCONNECTED = 7
 CONNECTION_LOST = 8
 BAD_HTTP_REPLY = 9
+#: The caller did not read the replies: more than backlog-limit bytes were waiting for it.
+CLIENT_TOO_SLOW = 10
+
+#: Engine errors that mean "the engine has given up on this session": a worker stops
+#: working on it (txloom's worker library cancels the response).
+CANCELLING = frozenset(
+    {(ENGINE, CLIENT_DISCONNECTED), (ENGINE, CLIENT_TOO_SLOW), (ENGINE, TIMEOUT)}
+)
 
 #: Errors raised by an app's own code.
 APPLICATION = 42
@@ -100,6 +108,10 @@ class ShuttingDown(ServiceError):
 
 class ConnectionLost(ServiceError):
     key = (ENGINE, CONNECTION_LOST)
+
+
+class ClientTooSlow(ServiceError):
+    key = (ENGINE, CLIENT_TOO_SLOW)
 
 
 class NoHandler(ServiceError):

@@ -184,12 +184,14 @@ class HttpSessionHandler:
             web_request.requestHeaders.addRawHeader(name, value)
         web_request.gotLength(len(req.body))
         web_request.handleContentChunk(req.body)
-        self._watch_upstream(request, web_request, channel)
+        self._watch_upstream(request, response, web_request, channel)
         web_request.requestReceived(req.method, req.uri, b"HTTP/" + req.version)
         await channel.done
 
-    def _watch_upstream(self, request: Request, web_request: Any, channel: SessionChannel) -> None:
-        """If the caller goes away, tell the resource the connection is lost."""
+    def _watch_upstream(
+        self, request: Request, response: Response, web_request: Any, channel: SessionChannel
+    ) -> None:
+        """If the caller goes away (or the engine gives up), tell the resource."""
 
         def next_message(chunk: object) -> None:
             if chunk is not None:  # extra chunks are not part of the protocol; ignore them
@@ -201,6 +203,7 @@ class HttpSessionHandler:
                 channel._finish()
 
         request.read().addCallbacks(next_message, lost)
+        response.on_cancel(lambda error: lost(Failure(error)))
 
 
 def _forwarded_https(req: HttpRequest) -> bool:

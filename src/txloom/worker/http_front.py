@@ -6,17 +6,25 @@ and the rest of the path is what the worker sees (``/echo/a/b?x=1`` -> app ``ech
 ``/a/b?x=1``, with ``X-Forwarded-Prefix: /echo``). The event defaults to the app's
 ``http-event`` (``http``).
 
-The reply streams back as the worker sends it. Failures before the response head map to
-HTTP: no such app 404, queue full or app broken 503, worker lost or a bad reply 502,
-timeout 504, any other error 500. A failure after the head has gone out can only cut the
-response short, so the connection is closed.
+The reply streams back as the worker sends it, finished as soon as its Content-Length is
+reached (else on the worker's close). Failures before the response head has gone out map
+to HTTP: no such app 404, queue full, app broken or a client too slow 503, worker lost or
+a bad reply 502, timeout 504, any other error 500. A failure after the head has gone out
+can only cut the response short, so the connection is closed (aborted for a client that
+does not read).
+
+A client that does not read its response does not make the host buffer without bound:
+the session holds at most the app's backlog-limit of replies for it, then fails.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
+from twisted.web.http import NO_BODY_CODES
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
@@ -29,6 +37,7 @@ from txloom.worker.http import HOP_BY_HOP
 
 if TYPE_CHECKING:
     from txloom.worker.host import WorkerHost
+    from txloom.worker.session import Session
 
 SERVICE_HEADER = b"x-cocaine-service"
 EVENT_HEADER = b"x-cocaine-event"
@@ -47,6 +56,7 @@ STATUS_FOR_ERROR = {
     (errors.ENGINE, errors.WORKER_LOST): 502,
     (errors.ENGINE, errors.WORKER_DISCARDED): 502,
     (errors.ENGINE, errors.BAD_HTTP_REPLY): 502,
+    (errors.ENGINE, errors.CLIENT_TOO_SLOW): 503,
     (errors.ENGINE, errors.TIMEOUT): 504,
     (errors.APPLICATION, errors.NO_HANDLER): 501,
 }
@@ -55,56 +65,158 @@ STATUS_FOR_ERROR = {
 def _plain(request: Request, status: int, text: str) -> None:
     body = text.encode("utf-8", "replace") + b"\n"
     request.setResponseCode(status)
+    request.responseHeaders = Headers()  # nothing of a head the app sent
     request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
     request.responseHeaders.setRawHeaders(b"content-length", [b"%d" % len(body)])
     request.write(body)
     request.finish()
 
 
-@implementer(IDownstream)
+def _body_length(request: Request, status: int, lengths: list[bytes]) -> int | None:
+    """The Content-Length the reply promises, if it has a body and one clear length."""
+    if len(lengths) != 1 or request.method == b"HEAD" or status in NO_BODY_CODES or status < 200:
+        return None
+    length = lengths[0].strip()
+    return int(length) if length.isdigit() else None
+
+
+@implementer(IDownstream, IConsumer)
 class HttpReply:
-    """A session's replies written to one HTTP response."""
+    """A session's replies written to one HTTP response.
+
+    The first chunk is the response head, raw body chunks follow. A reply with a
+    Content-Length is complete once that many bytes have gone out, and the request is
+    finished right then, not on the worker's close: a client may hang up as soon as it
+    has the whole body, and must not be taken for one that went away mid-response (that
+    cancels the session). As a consumer it hands twisted.web's flow control to the
+    session (``registerProducer``), which holds the replies while the client does not
+    read and fails the session when too many are waiting.
+    """
 
     log = Logger()
 
-    __slots__ = ("app", "gone", "request", "started")
+    __slots__ = ("app", "gone", "producer", "remaining", "request", "session", "started")
 
     def __init__(self, request: Request, app: str) -> None:
         self.request = request
         self.app = app
         self.started = False
+        #: True once the response is complete, failed, or its client gone.
         self.gone = False
+        #: Body bytes still due by the reply's Content-Length (None: until the close).
+        self.remaining: int | None = None
+        self.producer: IPushProducer | None = None
+        self.session: Session | None = None
+
+    def watch(self, session: Session) -> None:
+        """Cancel ``session`` if the client goes away before its response is complete."""
+        self.session = session
+        if not session.finished:
+            self.request.notifyFinish().addErrback(self._client_gone)
+
+    def _client_gone(self, _: object) -> None:
+        self.gone = True
+        self.producer = None
+        session, self.session = self.session, None
+        if session is not None:
+            session.cancel("HTTP client disconnected")
+
+    # -- IConsumer ------------------------------------------------------------------------
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        if self.gone:
+            return
+        self.producer = producer
+        request = self.request
+        request.registerProducer(producer, True)
+        # A pipelined request can start while the client has not read the previous
+        # response yet; twisted.web does not tell a producer registered meanwhile.
+        if getattr(request.channel, "_waitingForTransport", False):
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        # the response is settled: what is left to do goes without the session (and
+        # without a reference cycle between the two)
+        self.session = None
+        producer, self.producer = self.producer, None
+        if producer is None:
+            return
+        if self.request.channel is not None:
+            self.request.unregisterProducer()
+        # no longer held back by this response: whatever the session still has is dropped
+        if getattr(producer, "paused", True):
+            producer.resumeProducing()
+
+    # -- IDownstream ----------------------------------------------------------------------
 
     def write(self, chunk: bytes) -> None:
         if self.gone:
             return
         request = self.request
         if self.started:
+            remaining = self.remaining
+            if remaining is None or len(chunk) < remaining:
+                if remaining is not None:
+                    self.remaining = remaining - len(chunk)
+                request.write(chunk)
+                return
+            if len(chunk) > remaining:
+                self.log.warn(
+                    "{app}: reply body longer than its Content-Length; the rest is dropped",
+                    app=self.app,
+                )
+                chunk = chunk[:remaining]
             request.write(chunk)
+            self._complete()
             return
         try:
             status, headers = decode_response_head(chunk)
         except MalformedHttpPayload as e:
             self.log.warn("{app}: bad HTTP response head: {error}", app=self.app, error=str(e))
             self.gone = True
+            self.unregisterProducer()
             _plain(request, 502, f"bad response from app {self.app}")
             return
         self.started = True
         request.setResponseCode(status)
         grouped: dict[bytes, list[bytes]] = {}
+        lengths: list[bytes] = []
         for name, value in headers:
-            if name.lower() not in HOP_BY_HOP:
+            lowered = name.lower()
+            if lowered not in HOP_BY_HOP:
                 grouped.setdefault(name, []).append(value)
+                if lowered == b"content-length":
+                    lengths.append(value)
         set_header = request.responseHeaders.setRawHeaders
         for name, values in grouped.items():
             set_header(name, values)
+        if lengths:
+            self.remaining = _body_length(request, status, lengths)
+            if self.remaining == 0:
+                self._complete()
+
+    def _complete(self) -> None:
+        """The whole body is out: finish the response now; the session ends on its own."""
+        self.gone = True
+        self.unregisterProducer()
+        self.request.finish()
 
     def close(self) -> None:
         if self.gone:
             return
         self.gone = True
+        self.unregisterProducer()
         if not self.started:
             _plain(self.request, 502, f"app {self.app} closed the session without a response")
+            return
+        if self.remaining:
+            self.log.warn(
+                "{app}: reply closed {missing} bytes short of its Content-Length; "
+                "cutting the response",
+                app=self.app,
+                missing=self.remaining,
+            )
+            self.request.loseConnection()
             return
         self.request.finish()
 
@@ -112,16 +224,24 @@ class HttpReply:
         if self.gone:
             return
         self.gone = True
-        if not self.started:
+        self.unregisterProducer()
+        request = self.request
+        if not request.startedWriting:
             status = STATUS_FOR_ERROR.get((category, code), 500)
-            _plain(self.request, status, reason)
+            _plain(request, status, reason)
             return
         self.log.warn(
             "{app}: error after the response head ({reason}); cutting the response",
             app=self.app,
             reason=reason,
         )
-        self.request.loseConnection()
+        if (category, code) == (errors.ENGINE, errors.CLIENT_TOO_SLOW):
+            # the client does not read: a graceful close would wait on it for ever
+            abort = getattr(request.transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+                return
+        request.loseConnection()
 
 
 class FrontResource(Resource):
@@ -175,7 +295,7 @@ class FrontResource(Resource):
         if not session.finished:
             session.write(encode_request(request.method, uri, request.clientproto, forwarded, body))
             session.close()
-            request.notifyFinish().addErrback(lambda _: session.cancel("HTTP client disconnected"))
+            reply.watch(session)
         return NOT_DONE_YET
 
 

@@ -30,7 +30,7 @@ from txloom.worker import errors
 from txloom.worker.control import ACTIVE, SPAWNING, WorkerControl
 from txloom.worker.manifest import AppManifest
 from txloom.worker.process import WorkerProcessProtocol
-from txloom.worker.session import Session
+from txloom.worker.session import FlowStats, Session
 
 #: Pool states reported by ``info``.
 STOPPED = "stopped"
@@ -89,6 +89,8 @@ class WorkerPool:
         self._respawn_call: Any = None
         self._stopped: Deferred[None] | None = None
         self.counters = {"accepted": 0, "rejected": 0, "spawned": 0, "crashed": 0}
+        #: Bytes the app's sessions hold in host memory (backlogs, queued data).
+        self.stats = FlowStats()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -116,12 +118,22 @@ class WorkerPool:
     # -- sessions -------------------------------------------------------------------------
 
     def enqueue(
-        self, event: bytes, headers: tuple[HeaderEntry, ...], downstream: IDownstream
+        self,
+        event: bytes,
+        headers: tuple[HeaderEntry, ...],
+        downstream: IDownstream,
+        feeder: Any = None,
     ) -> Session:
-        """Start a session; failures (queue full, broken, stopping) reach ``downstream`` now."""
-        session = Session(event, headers, downstream)
+        """Start a session; failures (queue full, broken, stopping) reach ``downstream`` now.
+
+        ``feeder`` is the caller's connection (``pause_reading``/``resume_reading``): it is
+        no longer read while the session's worker does not keep up with what it sends.
+        """
+        session = Session(event, headers, downstream, self.stats, feeder)
         session.on_finish = self._session_finished
-        session.pending_limit = self.profile.max_message_size
+        profile = self.profile
+        session.pending_limit = profile.max_message_size
+        session.backlog_limit = profile.backlog_limit
         if self.state not in (RUNNING, BROKEN):
             self.counters["rejected"] += 1
             session.fail(errors.ENGINE, errors.SHUTTING_DOWN, f"app {self.name} is not running")
@@ -349,5 +361,10 @@ class WorkerPool:
             "failures": self.failures,
             "last-failure": self.last_failure,
             "counters": dict(self.counters),
+            "buffers": {
+                **self.stats.as_dict(),
+                "backlog-limit": self.profile.backlog_limit,
+                "pending-limit": self.profile.max_message_size,
+            },
             "profile": self.profile.as_dict(),
         }

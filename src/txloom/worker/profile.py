@@ -33,8 +33,18 @@ CRASH_LIMIT = 3
 #: First delay before respawning after a failed start; doubles per failure up to the max.
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 60.0
-#: Largest message on a worker's socket (bytes).
+#: Largest message on a worker's socket (bytes). Also what one session may send while it
+#: waits in the queue for a worker.
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+#: Bytes of one session's replies the host holds while the caller is not reading them
+#: (its connection's send buffer is full). One byte more fails the session with "client
+#: too slow": the protocol has no flow-control message, and pausing the worker's socket
+#: would stall every other session on that worker.
+BACKLOG_LIMIT = 8 * 1024 * 1024
+#: Seconds the host may stop reading a worker's socket at a time so that a caller reading
+#: slower than the worker writes catches up (and at most half of the time); 0 = never,
+#: such a caller then fails at backlog-limit.
+STALL_LIMIT = 0.05
 
 
 class ProfileError(ValueError):
@@ -58,6 +68,8 @@ class Profile:
     backoff_initial: float = BACKOFF_INITIAL
     backoff_max: float = BACKOFF_MAX
     max_message_size: int = MAX_MESSAGE_SIZE
+    backlog_limit: int = BACKLOG_LIMIT
+    stall_limit: float = STALL_LIMIT
     #: Queued sessions per worker that make the pool grow; None = derived from the limits.
     grow_threshold: int | None = None
 
@@ -72,7 +84,7 @@ class Profile:
                 raise ProfileError(f"{_dashed(field.name)} must be an integer, not {value!r}")
             # idle-timeout 0 means "never"; a queue-limit of 0 would refuse the very call
             # that has to wait for the first worker, so at least 1
-            minimum = 0 if field.name == "idle_timeout" else 1e-9
+            minimum = 0 if field.name in ("idle_timeout", "stall_limit") else 1e-9
             if value < minimum:
                 raise ProfileError(f"{_dashed(field.name)} must be positive, not {value!r}")
 

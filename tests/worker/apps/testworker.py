@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
+from txloom.wire.cocaine_http import decode_request, encode_response_head
 from txloom.worker import Request, Response, Worker
 from txloom.worker.client import LoggerClient
 
@@ -120,6 +123,60 @@ async def leave(request: Request, response: Response) -> None:
     response.write(b"bye")
     reactor.callLater(0.05, os._exit, 3)
     await Deferred()
+
+
+BLOCK = b"s" * 65536
+
+
+async def _stream_blocks(response: Response, total: int) -> None:
+    """``total`` bytes in 64 KiB chunks as fast as the reactor turns, 1 MiB a turn.
+
+    ``response.write`` raises once the engine gives up on the session, which ends it.
+    """
+    sent = 0
+    while sent < total:
+        for _ in range(16):
+            response.write(BLOCK)
+            sent += len(BLOCK)
+        await deferLater(reactor, 0, lambda: None)
+
+
+@worker.on("stream")
+async def stream(request: Request, response: Response) -> None:
+    """Streams as many bytes as the request says."""
+    await _stream_blocks(response, int(await request.read_all()))
+
+
+@worker.on("slowsink")
+async def slowsink(request: Request, response: Response) -> None:
+    """Takes the request slowly (blocks 1 ms a chunk); answers its size and SHA-256."""
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in request:
+        time.sleep(0.001)
+        digest.update(chunk)
+        size += len(chunk)
+    response.write(b"%d %s" % (size, digest.hexdigest().encode()))
+
+
+@worker.on("http")
+async def http(request: Request, response: Response) -> None:
+    """A raw HTTP event, by path: /stream?N streams N bytes, /late, /long, /short are
+    Content-Length replies (closed 0.3 s late, longer and shorter than they say)."""
+    req = decode_request(await request.read())
+    path, _, query = req.uri.partition(b"?")
+    if path == b"/stream":
+        response.write(encode_response_head(200, [(b"Content-Type", b"text/plain")]))
+        await _stream_blocks(response, int(query))
+        return
+    length, body = {b"/late": (5, b"hello"), b"/long": (5, b"hello world")}.get(
+        path, (10, b"hello")
+    )
+    response.write(encode_response_head(200, [(b"Content-Length", b"%d" % length)]))
+    response.write(body)
+    if path == b"/late":
+        await deferLater(reactor, 0.3, lambda: None)
+        print(f"late close; cancelled={response.cancelled is not None}", flush=True)
 
 
 if __name__ == "__main__":
