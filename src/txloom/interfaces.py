@@ -117,7 +117,10 @@ class IDownstream(Interface):
 
     ``write`` may be called any number of times, then exactly one of ``error`` or ``close``
     ends the stream; nothing is called after that. Calls never block and never raise to
-    the sender: a receiver that cannot keep up buffers or drops its own connection.
+    the sender: a receiver that cannot keep up buffers (boundedly) or drops its own
+    connection. A receiver may also provide ``twisted.internet.interfaces.IConsumer``: the
+    sender then registers itself as a push producer and, while paused, holds its stream (up
+    to its own bound) or fails it; it never writes past a pause without limit.
     """
 
     def write(chunk):  # type: ignore[misc]
