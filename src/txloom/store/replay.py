@@ -1,10 +1,13 @@
 """Replay plans: a fixed list of facts, read from the volumes a batch at a time.
 
-A plan is made on the reactor thread from the index as it is at that moment (an index
-object only ever grows; rebuilds make a new one), pins the volumes it reads so that a
-compaction cannot close them underneath it, and yields the facts' bytes in batches of
-about ``batch_bytes``. Facts that sit next to each other in a file are read with one
-``pread``; the whole store is never in memory at once.
+A plan is made from the index as it is at that moment (an index object only ever grows
+at the end; rebuilds make a new one, so rows a plan names never change under it), pins
+the volumes it reads so that a compaction cannot close them underneath it, and yields
+the facts' bytes in batches of about ``batch_bytes``. Facts that sit next to each other
+in a file are read with one ``pread``; the whole store is never in memory at once.
+
+Reading may block on the disk, so the server reads plans on its reader threads
+(``StoreBackend.read``), one thread at a time per plan.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 from txloom.store.directory import Volume
 from txloom.store.index import FactIndex
+from txloom.store.threads import let_others_run
 
 __all__ = ["DEFAULT_BATCH_BYTES", "ReplayPlan"]
 
@@ -36,15 +40,16 @@ class ReplayPlan:
         next_seq: int,
         more: bool = False,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
+        body_bytes: int | None = None,
     ) -> None:
         self.index = index
         self.rows = rows
         self.count = len(rows)
-        sizes = index.sizes
-        if isinstance(rows, range) and len(rows) == len(index):
-            self.body_bytes = index.body_bytes
-        else:
-            self.body_bytes = sum(sizes[r] for r in rows)
+        if body_bytes is None:
+            sizes = index.sizes
+            body_bytes = sum(sizes[r] for r in rows)
+        #: Sum of the sizes of the facts (the caller passes it when it knows it already).
+        self.body_bytes = body_bytes
         #: The cursor a paged reader continues from (``next`` in the answer).
         self.next = next_seq
         self.more = more
@@ -81,6 +86,7 @@ class ReplayPlan:
                     yield batch
                     batch = []
                     batch_size = 0
+                    let_others_run()  # plans are read on background threads
             if not run:
                 run_vol = vol
                 run_start = offset
