@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from array import array
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from txloom.store.index import FactIndex
+from txloom.store import index as index_module
+from txloom.store.index import FactIndex, sorted_cooperatively
 
 steps = st.lists(
     st.one_of(
@@ -59,3 +63,36 @@ def test_time_order_after_large_batches_of_appends(batches: list[list[float]]) -
             index.append(seq, 0, seq, 1, time, store)
         expected = sorted(range(len(index)), key=lambda r: (index.times[r], r))
         assert list(index.time_order()) == expected
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=30).map(float), max_size=300),
+    st.integers(min_value=1, max_value=5),
+    st.integers(min_value=0, max_value=40),
+    st.integers(min_value=0, max_value=8),
+)
+def test_cooperative_sort_is_the_stable_sort(
+    times: list[float], spread: int, jitter: int, run: int
+) -> None:
+    """Nearly ordered times (merged where runs overlap) and shuffled ones (k-way merge)."""
+    times = [t + (i // spread) * jitter / 10 for i, t in enumerate(times)]
+    key = times.__getitem__
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(index_module, "COOPERATIVE_ROWS", 1 + run * 3)
+        order = list(sorted_cooperatively(key, 0, len(times)))
+    assert order == sorted(range(len(times)), key=key)
+
+
+def test_cooperative_index_copies_match_plain_ones() -> None:
+    index = FactIndex()
+    store = index.store_id("s")
+    for seq in range(1, 200_001):
+        index.append(seq, 0, seq * 10, 5, float(seq % 1000), store)
+    plain, cooperative = index.merged([]), index.merged([], cooperative=True)
+    for copy in (plain, cooperative):
+        assert (copy.seqs, copy.times, copy.body_bytes) == (index.seqs, index.times, 1_000_000)
+    assert list(cooperative.time_order(cooperative=True)) == list(index.time_order())
+    relocated = index.relocated(range(0, 150_000, 2), 3, range(75_000), upto=150_000)
+    assert len(relocated) == 150_000 and relocated.vols[:4] == array("i", [3, 0, 3, 0])
+    relocated.continue_from(index, 150_000)
+    assert relocated.seqs == index.seqs and relocated.offsets[1] == index.offsets[1]
