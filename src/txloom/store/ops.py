@@ -151,13 +151,25 @@ class RequestRouter:
         request_id = _rid(request)
         if any(request.get(k) is not None for k in ("stores", "since", "limit")):
             budget = self.config.max_frame_size - envelope_size(request_id)
-            # rows are selected on a reader thread: a store filter may scan the index
-            d = self.backend.page(since or 0, stores, limit=limit, budget=budget)
-            return d.addCallback(self._stream, True, request_id)
+
+            def first_page(plan: ReplayPlan) -> ReplyStream:
+                stream = self._stream(plan, True, request_id)
+                try:
+                    stream.read_first()
+                except BaseException:
+                    stream.close()
+                    raise
+                return stream
+
+            # on a reader thread: a store filter may make the selection scan the index
+            return self.backend.page(
+                since or 0, stores, limit=limit, budget=budget, then=first_page
+            )
         return self._stream(self.backend.plan_replay(), False, request_id)
 
     def _stream(self, plan: ReplayPlan, paged: bool, request_id: Any) -> ReplyStream:
-        """The answer to a replay, read on the backend's reader threads as it goes out."""
+        """The answer to a replay, read on the backend's reader threads as it goes out
+        (built on whichever thread planned it; it touches nothing shared)."""
         max_frame = self.config.max_frame_size
         if paged and plan.count == 0 and plan.more:
             plan.close()

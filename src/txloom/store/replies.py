@@ -51,6 +51,10 @@ DEFAULT_READ_AHEAD = 1024 * 1024
 #: the last), so that a small answer goes out in one write.
 PIECE_BYTES = 128 * 1024
 
+#: Bytes of pieces one read on the reader thread hands over at once (fewer, larger
+#: hand-overs between the threads; the read-ahead bound still holds).
+READ_BYTES = 512 * 1024
+
 #: Runs ``fn(*args)`` where it may block (a reader thread); a Deferred of the result.
 Reader = Callable[..., defer.Deferred]
 
@@ -119,6 +123,18 @@ def frame_pieces(plan: ReplayPlan, prefix: bytes, suffix: bytes, length: int) ->
     yield held + suffix + _U32.pack(crc & 0xFFFFFFFF)
 
 
+def take_pieces(pieces: Iterator[bytes], size: int) -> list[bytes]:
+    """The next pieces, about ``size`` bytes of them; an empty list at the end."""
+    taken: list[bytes] = []
+    got = 0
+    for piece in pieces:
+        taken.append(piece)
+        got += len(piece)
+        if got >= size:
+            break
+    return taken
+
+
 def read_inline(fn: Callable[..., Any], *args: Any) -> defer.Deferred:
     """A ``Reader`` that runs at once, on the caller's thread (the memory backend)."""
     return defer.maybeDeferred(fn, *args)
@@ -165,6 +181,14 @@ class ReplyStream:
         self._exhausted = False
         self._pumping = False
 
+    def read_first(self) -> None:
+        """Read the first pieces now, on the calling thread (a reader thread that just
+        planned the answer: one hand-over fewer for a page)."""
+        pieces = take_pieces(self._pieces, min(READ_BYTES, self.read_ahead))
+        self._exhausted = not pieces
+        self._ready.extend(pieces)
+        self._ready_bytes = sum(len(piece) for piece in pieces)
+
     def pump(self, write: Callable[[bytes], None], paused: Callable[[], bool]) -> bool:
         """Write what was read until the transport pauses us; True once the frame is out."""
         if self.done and not self._ready:
@@ -192,17 +216,18 @@ class ReplyStream:
             return False
         self._reading = True
         self._arrived = False
-        self._read(next, self._pieces, None).addCallbacks(self._piece, self._failed)
+        size = min(READ_BYTES, self.read_ahead - self._ready_bytes)
+        self._read(take_pieces, self._pieces, size).addCallbacks(self._pieces_read, self._failed)
         return self._arrived
 
-    def _piece(self, piece: bytes | None) -> None:
+    def _pieces_read(self, pieces: list[bytes]) -> None:
         self._reading = False
         if self.done:  # closed while the read was in flight
             self._release()
             return
-        if piece is None:
+        if not pieces:
             self._exhausted = True
-        else:
+        for piece in pieces:
             self._ready.append(piece)
             self._ready_bytes += len(piece)
         self._arrived = True
