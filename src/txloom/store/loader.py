@@ -95,8 +95,13 @@ class IndexBuilder:
                 self.found[fact_id] = seq
             if fact_id in self.hidden:
                 return
-        index = self.index
-        index.append(seq, vol, offset, size, meta.transaction_time, index.store_id(meta.store))
+        add_seq, add_vol, add_offset, add_size, add_time, add_store = self._columns
+        add_seq(seq)
+        add_vol(vol)
+        add_offset(offset)
+        add_size(size)
+        add_time(meta.transaction_time)
+        add_store(self.index.store_id(meta.store))
 
     def finish(self) -> FactIndex:
         """The index, with its totals computed."""

@@ -176,6 +176,7 @@ class ReplyStream:
         self._pieces = frame_pieces(plan, prefix, suffix, self.length)
         self._ready: deque[bytes] = deque()
         self._ready_bytes = 0
+        self._read_bytes = 0  # the frame is complete at self.length + 8
         self._reading = False
         self._arrived = False
         self._exhausted = False
@@ -184,10 +185,15 @@ class ReplyStream:
     def read_first(self) -> None:
         """Read the first pieces now, on the calling thread (a reader thread that just
         planned the answer: one hand-over fewer for a page)."""
-        pieces = take_pieces(self._pieces, min(READ_BYTES, self.read_ahead))
-        self._exhausted = not pieces
-        self._ready.extend(pieces)
-        self._ready_bytes = sum(len(piece) for piece in pieces)
+        self._add(take_pieces(self._pieces, min(READ_BYTES, self.read_ahead)))
+
+    def _add(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self._ready.append(piece)
+            self._ready_bytes += len(piece)
+            self._read_bytes += len(piece)
+        # known by its length, so that the last piece needs no further read to say so
+        self._exhausted = not pieces or self._read_bytes >= self.length + 8
 
     def pump(self, write: Callable[[bytes], None], paused: Callable[[], bool]) -> bool:
         """Write what was read until the transport pauses us; True once the frame is out."""
@@ -225,11 +231,7 @@ class ReplyStream:
         if self.done:  # closed while the read was in flight
             self._release()
             return
-        if not pieces:
-            self._exhausted = True
-        for piece in pieces:
-            self._ready.append(piece)
-            self._ready_bytes += len(piece)
+        self._add(pieces)
         self._arrived = True
         if not self._pumping:
             self._fill()  # keep reading ahead while the transport is busy
