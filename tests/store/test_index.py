@@ -44,10 +44,15 @@ def test_select_pages_by_count_bytes_and_store() -> None:
     a, b = index.store_id("a"), index.store_id("b")
     for seq in range(1, 11):
         index.append(seq, 0, seq * 100, 10, float(seq), a if seq % 2 else b)
-    assert index.select(0, None, limit=3, budget=1000) == ([0, 1, 2], 3, True)
-    assert index.select(8, None, limit=None, budget=1000) == ([8, 9], 10, False)
-    assert index.select(0, {b}, limit=2, budget=1000) == ([1, 3], 5, True)
-    assert index.select(0, None, limit=None, budget=22) == ([0, 1], 2, True)
+
+    def select(*args, **kwargs):
+        rows, cursor, more = index.select(*args, **kwargs)
+        return list(rows), cursor, more
+
+    assert select(0, None, limit=3, budget=1000) == ([0, 1, 2], 3, True)
+    assert select(8, None, limit=None, budget=1000) == ([8, 9], 10, False)
+    assert select(0, {b}, limit=2, budget=1000) == ([1, 3], 5, True)
+    assert select(0, None, limit=None, budget=22) == ([0, 1], 2, True)
 
 
 @given(
@@ -96,3 +101,24 @@ def test_cooperative_index_copies_match_plain_ones() -> None:
     assert len(relocated) == 150_000 and relocated.vols[:4] == array("i", [3, 0, 3, 0])
     relocated.continue_from(index, 150_000)
     assert relocated.seqs == index.seqs and relocated.offsets[1] == index.offsets[1]
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=40), min_size=0, max_size=60),
+    st.integers(min_value=0, max_value=70),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=30)),
+    st.integers(min_value=0, max_value=600),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=30)),
+)
+def test_selecting_every_store_matches_the_row_by_row_selection(
+    sizes: list[int], since: int, limit: int | None, budget: int, scan_limit: int | None
+) -> None:
+    index = FactIndex()
+    store = index.store_id("s")
+    for seq, size in enumerate(sizes, 1):
+        index.append(seq * 2, 0, seq * 100, size, float(seq), store)  # numbers with gaps
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(index_module, "COOPERATIVE_ROWS", 7)  # several summing steps
+        fast = index.select(since, None, limit=limit, budget=budget, scan_limit=scan_limit)
+    slow = index.select(since, {store}, limit=limit, budget=budget, scan_limit=scan_limit)
+    assert (list(fast[0]), fast[1], fast[2]) == slow
