@@ -22,9 +22,9 @@ The write line is taken only for the step that must see a quiet log:
 
 Crash safety is unchanged: every file is written to a temporary name, fsynced, renamed
 and the directory fsynced before anything refers to it, and old files are removed only
-after that. A crash between the steps of a snapshot leaves the old snapshot and at most
-a gap in the numbers; one between the steps of a compaction leaves segments that the
-next start-up recognises as compacted already.
+after that. A crash during a snapshot leaves the old snapshot or the new one (the new
+one is in place, with its numbers, before the WAL moves past them); one during a
+compaction leaves segments that the next start-up recognises as compacted already.
 """
 
 from __future__ import annotations
