@@ -91,15 +91,15 @@ def test_cooperative_sort_is_the_stable_sort(
 def test_cooperative_index_copies_match_plain_ones() -> None:
     index = FactIndex()
     store = index.store_id("s")
-    for seq in range(1, 200_001):
+    for seq in range(1, 100_001):
         index.append(seq, 0, seq * 10, 5, float(seq % 1000), store)
     plain, cooperative = index.merged([]), index.merged([], cooperative=True)
     for copy in (plain, cooperative):
-        assert (copy.seqs, copy.times, copy.body_bytes) == (index.seqs, index.times, 1_000_000)
+        assert (copy.seqs, copy.times, copy.body_bytes) == (index.seqs, index.times, 500_000)
     assert list(cooperative.time_order(cooperative=True)) == list(index.time_order())
-    relocated = index.relocated(range(0, 150_000, 2), 3, range(75_000), upto=150_000)
-    assert len(relocated) == 150_000 and relocated.vols[:4] == array("i", [3, 0, 3, 0])
-    relocated.continue_from(index, 150_000)
+    relocated = index.relocated(range(0, 70_000, 2), 3, range(35_000), upto=70_000)
+    assert len(relocated) == 70_000 and relocated.vols[:4] == array("i", [3, 0, 3, 0])
+    relocated.continue_from(index, 70_000)
     assert relocated.seqs == index.seqs and relocated.offsets[1] == index.offsets[1]
 
 
