@@ -415,6 +415,8 @@ def prepare_store(data: Path, count: int) -> int:
             data_bytes = b"".join(chunk)
             size += len(data_bytes)
             f.write(data_bytes)
+        f.flush()
+        os.fsync(f.fileno())  # or the server's first fsync would flush it all
     return size
 
 
