@@ -212,26 +212,32 @@ def closed_loop_writes(
     address: tuple[str, int], clients: int, seconds: float, warmup: float
 ) -> tuple[float, list[float]]:
     """Acked writes/s and sorted ack latencies, each client with one write in flight."""
+    measure_from = time.perf_counter() + warmup
+    stop_at = measure_from + seconds
+    latencies: list[float] = []
+
+    def acked(sent: float, done: float) -> None:
+        if done >= measure_from:
+            latencies.append(done - sent)
+
+    write_loop(address, clients, lambda: time.perf_counter() >= stop_at, acked)
+    latencies.sort()
+    return len(latencies) / seconds, latencies
+
+
+def write_loop(address: tuple[str, int], clients: int, stop, acked, first: int = 0) -> None:
+    """``clients`` connections, one write in flight each, until ``stop()``; calls
+    ``acked(sent_at, acked_at)`` for every answer."""
     selector = selectors.DefaultSelector()
     socks = [connect(address) for _ in range(clients)]
     state = {}
     for i, sock in enumerate(socks):
-        state[sock] = [i, 0, 0.0, b""]  # writer, next n, sent at, buffer
+        state[sock] = [i, first, time.perf_counter(), b""]  # writer, next n, sent at, buffer
         selector.register(sock, selectors.EVENT_READ)
-    started = time.perf_counter()
-    for sock in socks:
-        st = state[sock]
-        st[2] = time.perf_counter()
-        sock.send(write_request(st[0], st[1]))
-    measure_from = started + warmup
-    stop_at = measure_from + seconds
-    latencies: list[float] = []
+        sock.send(write_request(i, first))
     ack = len(OK_FRAME)
-    while True:
-        now = time.perf_counter()
-        if now >= stop_at:
-            break
-        for key, _ in selector.select(0.5):
+    while not stop():
+        for key, _ in selector.select(0.05):
             sock = key.fileobj
             st = state[sock]
             data = st[3] + sock.recv(65536)
@@ -240,8 +246,7 @@ def closed_loop_writes(
                     raise RuntimeError(f"unexpected answer: {data[:200]!r}")
                 data = data[ack:]
                 done = time.perf_counter()
-                if done >= measure_from:
-                    latencies.append(done - st[2])
+                acked(st[2], done)
                 st[1] += 1
                 st[2] = done
                 sock.send(write_request(st[0], st[1]))
@@ -249,8 +254,6 @@ def closed_loop_writes(
     for sock in socks:
         selector.unregister(sock)
         sock.close()
-    latencies.sort()
-    return len(latencies) / seconds, latencies
 
 
 def rpc(sock: socket.socket, obj: dict) -> dict:
@@ -412,6 +415,8 @@ def prepare_store(data: Path, count: int) -> int:
             data_bytes = b"".join(chunk)
             size += len(data_bytes)
             f.write(data_bytes)
+        f.flush()
+        os.fsync(f.fileno())  # or the server's first fsync would flush it all
     return size
 
 
@@ -434,14 +439,22 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     parser.add_argument(
         "--only",
-        default="peers,writes,replay,push",
-        help="comma-separated parts to run: peers, writes, replay, push (default: all)",
+        default="peers,writes,replay,push,isolation",
+        help="comma-separated parts to run: peers, writes, replay, push, isolation (default: all)",
+    )
+    parser.add_argument(
+        "--isolation-facts",
+        type=int,
+        default=None,
+        help="store size for the isolation part (default: 1,000,000; 100,000 with --quick)",
     )
     args = parser.parse_args()
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     warmup = 0.5 if args.quick else 1.0
     sizes = [100_000] if args.quick else [100_000, 1_000_000]
-    workdir = Path(tempfile.mkdtemp(prefix="store-bench-", dir=args.workdir or ROOT / "var"))
+    parent = Path(args.workdir or ROOT / "var")
+    parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="store-bench-", dir=parent))
     results: list[Result] = []
     extra: list[str] = []
     print(f"store bench: data in {workdir}; {os.cpu_count()} CPUs; {seconds}s per write run")
@@ -480,6 +493,8 @@ def main() -> None:
         if "replay" in parts:
             for count in sizes:
                 bench_replay(workdir / f"replay-{count}", count, show, extra)
+        if "isolation" in parts:
+            interference(workdir / "isolation", args.isolation_facts or sizes[-1], show, extra)
         if "push" in parts:
             server, _ = start_server(workdir / "push", "--fsync", "never")
             try:
@@ -495,11 +510,11 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
     print()
-    print(f"{'measure':<50} {'rate':>14}  {'unit':<16} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'measure':<50} {'rate':>14}  {'unit':<16} {'p50 ms':>8} {'p99 ms':>8}  note")
     for r in results:
         p50 = "" if r.p50_ms is None else f"{r.p50_ms:.2f}"
         p99 = "" if r.p99_ms is None else f"{r.p99_ms:.2f}"
-        print(f"{r.name:<50} {r.rate:>14,.0f}  {r.unit:<16} {p50:>8} {p99:>8}")
+        print(f"{r.name:<50} {r.rate:>14,.0f}  {r.unit:<16} {p50:>8} {p99:>8}  {r.note}")
     print()
     for line in extra:
         print(line)
@@ -543,6 +558,144 @@ def bench_replay(data: Path, count: int, show, extra: list[str]) -> None:
         )
     finally:
         server.stop()
+
+
+def evict(data: Path) -> None:
+    """Drop the store's files from the page cache, so that reads go to the disk."""
+    for path in data.iterdir():
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def probe(address: tuple[str, int], make, stop: threading.Event, out: list, pause: float) -> None:
+    """Round trips of ``make(n)`` requests on one connection, ``pause`` s apart:
+    ``(sent_at, latency)`` each."""
+    with socket.create_connection(address) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        n = 0
+        while not stop.is_set():
+            sent = time.perf_counter()
+            sock.sendall(make(n))
+            (size,) = _U32.unpack(_recv_exact(sock, 4))
+            body = _recv_exact(sock, size + 4)
+            out.append((sent, time.perf_counter() - sent))
+            if not body.startswith(b'{"ok":true'):
+                raise RuntimeError(f"probe failed: {body[:200]!r}")
+            n += 1
+            time.sleep(pause)
+
+
+def window_stats(samples: list, start: float, end: float) -> tuple[int, float, float, float]:
+    """Count, p50, p99 and max (ms) of the samples sent between ``start`` and ``end``."""
+    lat = sorted(latency for sent, latency in samples if start <= sent <= end)
+    if not lat:
+        return 0, float("nan"), float("nan"), float("nan")
+    return len(lat), percentile(lat, 0.5) * 1e3, percentile(lat, 0.99) * 1e3, lat[-1] * 1e3
+
+
+def interference(data: Path, count: int, show, extra: list[str]) -> None:
+    """What one heavy request costs everyone else: ping and write round trips while a
+    plain replay of the whole store streams from a cold page cache, and write
+    latencies while ``write_snapshot`` and ``compact`` run on the same store."""
+    prepare_store(data, count)
+    server, _ = start_server(data, "--max-frame-size", str(1 << 30))
+    ping = frame(b'{"op":"ping"}')
+    try:
+        pings: list = []
+        writes: list = []
+        stop = threading.Event()
+        probes = [
+            threading.Thread(
+                target=probe, args=(server.address, lambda n: ping, stop, pings, 0.002)
+            ),
+            threading.Thread(
+                target=probe,
+                args=(server.address, lambda n: write_request(999, n), stop, writes, 0.002),
+            ),
+        ]
+        for thread in probes:
+            thread.start()
+        time.sleep(1.0)
+        idle = (time.perf_counter() - 1.0, time.perf_counter())
+        evict(data)
+        started = time.perf_counter()
+        size, _ = plain_replay(server.address)
+        replay = (started, time.perf_counter())
+        time.sleep(0.2)
+        stop.set()
+        for thread in probes:
+            thread.join()
+        for name, samples in (("ping", pings), ("write", writes)):
+            for label, (start, end) in (("idle", idle), (f"during {count:,}-fact replay", replay)):
+                n, p50, p99, worst = window_stats(samples, start, end)
+                show(
+                    Result(
+                        f"{name} round trip, {label}",
+                        n / (end - start),
+                        f"{name}s/s",
+                        p50,
+                        p99,
+                        f"max {worst:.1f} ms",
+                    )
+                )
+        extra.append(
+            f"cold replay of {count:,} facts ({size / 1e6:.0f} MB) took "
+            f"{replay[1] - replay[0]:.2f} s beside the probes"
+        )
+        # a snapshot restating 500 stored facts and adding 500 new ones, then a compaction
+        restated = b",".join(fact_body(n % 64, n) for n in range(0, count, count // 500))
+        added = b",".join(fact_body(5000, n) for n in range(500))
+        snapshot = b'{"op":"write_snapshot","facts":[%b,%b]}' % (restated, added)
+        for name, op in (("write_snapshot", snapshot), ("compact", b'{"op":"compact"}')):
+            maintenance_under_writes(server.address, data, op, name, show=show, extra=extra)
+    finally:
+        server.stop()
+
+
+def maintenance_under_writes(address, data: Path, op: bytes, name: str, *, show, extra) -> None:
+    """8 writers, one write in flight each, while ``op`` runs on another connection."""
+    samples: list = []
+    stop = threading.Event()
+    writer = threading.Thread(
+        target=write_loop,
+        args=(address, 8, stop.is_set, lambda sent, done: samples.append((sent, done - sent))),
+        kwargs={"first": 10_000_000 * (1 + len(extra))},
+    )
+    writer.start()
+    time.sleep(0.5)
+    evict(data)
+    with socket.create_connection(address) as sock:
+        started = time.perf_counter()
+        answer = _raw_rpc(sock, op)
+        window = (started, time.perf_counter())
+    time.sleep(0.3)
+    stop.set()
+    writer.join()
+    if answer.get("ok") is not True:
+        raise RuntimeError(f"{name} failed: {answer}")
+    n, p50, p99, worst = window_stats(samples, *window)
+    show(
+        Result(
+            f"8 writers during {name}",
+            n / (window[1] - window[0]),
+            "acked writes/s",
+            p50,
+            p99,
+            f"max {worst:.1f} ms",
+        )
+    )
+    extra.append(f"{name} took {window[1] - window[0]:.2f} s under 8 writers")
+
+
+def _raw_rpc(sock: socket.socket, body: bytes) -> dict:
+    sock.sendall(frame(body))
+    (size,) = _U32.unpack(_recv_exact(sock, 4))
+    return json.loads(_recv_exact(sock, size + 4)[:-4])
 
 
 def _rss_kib(pid: int) -> int:

@@ -12,6 +12,10 @@ from twisted.internet.threads import deferToThread
 
 from support.store import (
     serve,
+    server_config,
+    short_tempdir,
+    start_server,
+    stop_server,
     tcp_address,
     unix_path,
 )
@@ -104,3 +108,41 @@ async def test_threads_share_one_client_safely(server) -> None:
             return len([f for f in nb.replay() if f.store == "threads"])
 
     assert await deferToThread(hammer) == 100
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscription_reconnects_and_resumes_without_gap(tmp_path: Path) -> None:
+    """The server stops and starts again on the same socket; the subscription carries on
+    from the last number it delivered, written while it was down or after."""
+    with short_tempdir() as sock_dir:
+        config = server_config(tmp_path / "data", sock_dir, listen=[f"unix:{sock_dir}/s.sock"])
+        path = f"{sock_dir}/s.sock"
+        service = await start_server(config)
+        events: queue.Queue[Fact] = queue.Queue()
+
+        def write(keys: range) -> None:
+            with NetworkBackend(address=path, transport="unix") as nb:
+                for key in keys:
+                    nb.write_fact(Fact.build(store="tasks", key=key, value=key))
+
+        def first_part():
+            nb = NetworkBackend(address=path, transport="unix")
+            sub = nb.subscribe(["tasks"], events.put)
+            nb.close()
+            write(range(3))
+            return sub, [events.get(timeout=10).key for _ in range(3)]
+
+        subscription, before = await deferToThread(first_part)
+        try:
+            await stop_server(service)  # the push connection is closed with it
+            service = await start_server(config)
+            await deferToThread(write, range(3, 6))
+            after = await deferToThread(lambda: [events.get(timeout=10).key for _ in range(3)])
+            assert before + after == list(range(6))
+            assert subscription.reconnects >= 1 and subscription.last_seq == 6
+            await deferToThread(write, range(6, 7))
+            assert (await deferToThread(events.get, True, 10)).key == 6
+            assert events.empty()  # nothing twice
+        finally:
+            await deferToThread(subscription.close)
+            await stop_server(service)

@@ -158,22 +158,51 @@ def write_until_killed(address: str, clients: int, child: ChildProcess) -> list[
 
 
 @pytest.mark.slow
+def snapshot_and_compact_until_killed(address: str, stop: threading.Event) -> list[int]:
+    """Snapshots (each with one fact of its own) and compactions back to back; the
+    numbers of the snapshots that were acknowledged."""
+    acked: list[int] = []
+    try:
+        with NetworkBackend(address=address, timeout=10) as nb:
+            while not stop.is_set():
+                k = len(acked) + 1
+                nb.write_snapshot([{"id": f"snap-{k}", "store": "snap", "value": k}])
+                acked.append(k)
+                nb.compact()
+    except Exception:  # the server was killed under us
+        pass
+    return acked
+
+
 def test_sigkill_while_8_clients_write_loses_no_acknowledged_fact(tmp_path: Path) -> None:
+    """... while snapshots and compactions run too, so the kill lands in their steps."""
     data = tmp_path / "data"
     child, address = start(data, "--fsync", "always")
+    stop = threading.Event()
+    snapshots: list[int] = []
+    maintainer = threading.Thread(
+        target=lambda: snapshots.extend(snapshot_and_compact_until_killed(address, stop))
+    )
     with child:
+        maintainer.start()
         acked = write_until_killed(address, 8, child)
-    assert len(acked) >= 3000
+        stop.set()
+        maintainer.join(30)
+    assert len(acked) >= 3000 and snapshots
     again, address = start(data)
     with again:
         again.wait_for(r"recovered \d+ facts")
         with NetworkBackend(address=address) as nb:
-            stored = Counter(f.id for f in nb.replay_pages())
+            facts = list(nb.replay_pages())
         assert again.terminate() == 0
+    stored = Counter(f.id for f in facts if f.store != "snap")
     missing = [i for i in acked if i not in stored]
     assert not missing, f"{len(missing)} acknowledged facts lost"
     assert max(stored.values()) == 1, "a fact came back twice"
     assert len(stored) - len(acked) <= 8  # at most the writes in flight at the kill
+    # the last acknowledged snapshot, or one that was being written at the kill
+    (snapshot,) = [f.value for f in facts if f.store == "snap"]
+    assert snapshot in (snapshots[-1], snapshots[-1] + 1)
 
 
 def write_facts(address: str, start: int, count: int) -> None:

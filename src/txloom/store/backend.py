@@ -5,15 +5,17 @@ One class serves both backends: ``file`` gives it a real directory and a writer 
 thread; whenever the writer is free, every write queued so far becomes one batch: the
 batch gets consecutive sequence numbers, is written with one ``write`` and made durable
 with one fsync (group commit), then the index learns the new facts, listeners (push
-subscriptions) hear of them and only then are the writers answered. Snapshots and
-compactions queue in the same line, so they see every write queued before them and none
-after.
+subscriptions) hear of them and only then are the writers answered.
+
+Nothing that takes time proportional to the store holds that line or the reactor
+thread: replays and catch-up subscriptions read on reader threads (``read``, ``page``),
+and snapshots and compactions (``txloom.store.maintenance``) scan and rewrite on a
+maintenance thread from a consistent cut, taking the write line only for the short
+step that switches files.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,24 +24,17 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from txloom.interfaces import IStorageBackend
-from txloom.store.config import FsyncPolicy
+from txloom.store import maintenance
+from txloom.store.config import DEFAULT_READER_THREADS, FsyncPolicy
 from txloom.store.directory import Directory, FileDirectory, MemoryDirectory
-from txloom.store.fact import FactMeta, InvalidFact, peek_fact
+from txloom.store.fact import FactMeta
 from txloom.store.index import FactIndex
-from txloom.store.loader import IndexBuilder, LoadedStore, load_store, scan_log
+from txloom.store.loader import LoadedStore, load_store
 from txloom.store.replay import ReplayPlan
-from txloom.store.snapshot import (
-    LOG_KIND,
-    SNAPSHOT_KIND,
-    SNAPSHOT_NAME,
-    log_name,
-    read_entries,
-    write_entries,
-)
+from txloom.store.threads import WorkerThreads
 from txloom.store.volumes import VolumeTable
 from txloom.store.wal import WriteAheadLog
 from txloom.wire.crcjson import DEFAULT_MAX_FRAME_SIZE, encode_frame
@@ -65,6 +60,10 @@ class Committed:
 
 
 Listener = Callable[[Sequence[Committed]], None]
+
+#: What a snapshot or compaction in progress learns of each commit after its cut:
+#: ``(seq, vol, offset, size, meta)``.
+TailEntry = tuple[int, int, int, int, FactMeta]
 
 
 @dataclass(slots=True)
@@ -96,14 +95,22 @@ class StoreBackend:
         fsync: FsyncPolicy | None = None,
         threaded: bool = True,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        reader_threads: int = DEFAULT_READER_THREADS,
     ) -> None:
         self.reactor = reactor
         self.name = name
         self.fsync = fsync or FsyncPolicy()
         self.max_frame_size = max_frame_size
         self._open_directory = open_directory
-        self._threaded = threaded
-        self._pool: ThreadPool | None = None
+        prefix = f"txloom-store-{name}"
+        self._writer = WorkerThreads(reactor, f"{prefix}-writer", 1 if threaded else 0)
+        self._readers = WorkerThreads(
+            reactor, f"{prefix}-reader", reader_threads if threaded else 0
+        )
+        self._maintainer = WorkerThreads(reactor, f"{prefix}-maintenance", 1 if threaded else 0)
+        #: Held by a snapshot or compaction from start to finish: one at a time.
+        self.maintenance = defer.DeferredLock()
+        self._tail: list[TailEntry] | None = None
         self.directory: Directory | None = None
         self.volumes = VolumeTable()
         self.wal: WriteAheadLog | None = None
@@ -154,12 +161,8 @@ class StoreBackend:
     async def _open(self) -> LoadedStore:
         self.prepare()
         assert self.directory is not None
-        if self._threaded:
-            self._pool = ThreadPool(1, 1, name=f"txloom-store-{self.name}-writer")
-            # A daemon thread: a process that ends without close() must not hang on it
-            # (nothing is lost: a write is answered only after its thread job finished).
-            self._pool.threadFactory = _daemon_thread
-            self._pool.start()
+        for threads in (self._writer, self._readers, self._maintainer):
+            threads.start()
         self.wal = WriteAheadLog(self.directory, self.volumes, self.max_frame_size)
         loaded = await self._run(
             load_store, self.directory, self.volumes, self.wal, self.max_frame_size
@@ -188,18 +191,23 @@ class StoreBackend:
         self._closed = True
         if self._syncer is not None and self._syncer.running:
             self._syncer.stop()
-        await self.when_idle()
-        if self.wal is not None:
-            try:
-                await self._run(self.wal.close)
-            except Exception:
-                self.log.failure("final fsync of the WAL failed")
-        self.volumes.close()
-        if self.directory is not None:
-            self.directory.close()
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            pool.stop()  # the writer is idle by now: joining it is immediate
+        await self.maintenance.acquire()  # a snapshot or compaction under way finishes
+        try:
+            await self.when_idle()
+            if self.wal is not None:
+                try:
+                    await self._run(self.wal.close)
+                except Exception:
+                    self.log.failure("final fsync of the WAL failed")
+            self.volumes.close()
+            if self.directory is not None:
+                self.directory.close()
+        finally:
+            self.maintenance.release()
+        # every thread is idle by now (replays still reading were cut off with their
+        # connections, which the server closed first): joining them is immediate
+        for threads in (self._writer, self._readers, self._maintainer):
+            threads.stop()
 
     def when_idle(self) -> defer.Deferred:
         """Fires when nothing is queued or being written."""
@@ -229,7 +237,10 @@ class StoreBackend:
         self._schedule()
         return d
 
-    def _exclusive(self, work: Callable[[], Any], install: Callable[[Any], Any]) -> defer.Deferred:
+    def exclusive(self, work: Callable[[], Any], install: Callable[[Any], Any]) -> defer.Deferred:
+        """Run ``work`` on the writer thread once every write queued before is committed,
+        then ``install(result)`` on the reactor thread before the next batch forms; fires
+        with what ``install`` returned. Writes queued meanwhile wait: keep it short."""
         if self._failed is not None:
             return defer.fail(StorageFailure(f"storage failed earlier: {self._failed.value}"))
         d: defer.Deferred = defer.Deferred()
@@ -288,6 +299,7 @@ class StoreBackend:
         vol, offset = located
         index = self.index
         hidden = self.snapshot_ids
+        tail = self._tail
         committed = []
         seq = first_seq
         for item in batch:
@@ -298,6 +310,8 @@ class StoreBackend:
                 index.append(
                     seq, vol, offset, len(body), meta.transaction_time, index.store_id(meta.store)
                 )
+            if tail is not None:
+                tail.append((seq, vol, offset, len(body), meta))
             committed.append(Committed(seq, meta.store, body))
             offset += len(body) + 4
             seq += 1
@@ -354,160 +368,60 @@ class StoreBackend:
             self._run(self.wal.sync).addErrback(self._fail)
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
-        if self._pool is None:
-            return defer.maybeDeferred(fn, *args)
-        return defer_to_pool(self.reactor, self._pool, fn, *args)
+        return self._writer.run(fn, *args)
+
+    # -- hooks for snapshots and compactions (txloom.store.maintenance) -----------------
+
+    def run_maintenance(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``fn`` on the maintenance thread (inline for the memory backend)."""
+        return self._maintainer.run(fn, *args)
+
+    def start_tail(self) -> list[TailEntry]:
+        """From now on, record every commit (hidden or not) in the returned list."""
+        self._tail = []
+        return self._tail
+
+    def stop_tail(self) -> None:
+        self._tail = None
+
+    def numbers_taken(self, next_seq: int) -> None:
+        """Numbers up to ``next_seq - 1`` are used (a snapshot's new facts took them)."""
+        self.next_seq = next_seq
+        self._committed_seq = next_seq - 1
+
+    def check_open(self) -> None:
+        if self._failed is not None:
+            raise StorageFailure(f"storage failed earlier: {self._failed.value}")
+        if self._closed:
+            raise StorageFailure("the store is shutting down")
 
     # -- snapshots and compaction -------------------------------------------------------
 
     def write_snapshot(self, facts: Sequence[tuple[bytes, FactMeta]]) -> defer.Deferred:
         """Replace the snapshot with ``facts``; fires with the number of facts."""
-        facts = list(facts)
-        return self._exclusive(lambda: self._snapshot_work(facts), self._snapshot_install)
-
-    def _snapshot_work(self, facts: list[tuple[bytes, FactMeta]]) -> dict[str, Any]:
-        assert self.directory is not None and self.wal is not None
-        wanted = {meta.id for _body, meta in facts if meta.id is not None}
-        # A fact keeps the number it already has (from the old snapshot, else the log).
-        known = self._snapshot_seqs(wanted) if self.snapshot_vol is not None else {}
-        builder = IndexBuilder(frozenset(wanted), wanted)
-        scan_log(self.volumes, self.log_vol, self.wal, builder, self.max_frame_size)
-        for fact_id, seq in builder.found.items():
-            known.setdefault(fact_id, seq)
-        next_seq = max(self.next_seq, builder.max_seq + 1)
-        numbered: list[tuple[int, bytes, FactMeta]] = []
-        used: set[str] = set()
-        for body, meta in facts:
-            seq = known.get(meta.id) if meta.id is not None and meta.id not in used else None
-            if seq is None:
-                seq = next_seq
-                next_seq += 1
-            if meta.id is not None:
-                used.add(meta.id)
-            numbered.append((seq, body, meta))
-        numbered.sort(key=lambda entry: entry[0])
-        written = write_entries(
-            self.directory,
-            SNAPSHOT_NAME,
-            SNAPSHOT_KIND,
-            ((seq, body) for seq, body, _meta in numbered),
-            count=len(numbered),
-        )
-        vol = self.volumes.add(written.volume)
-        if next_seq != self.next_seq:
-            self.wal.rotate(next_seq - 1)
-        rows = [
-            (seq, vol, offset, len(body), meta.transaction_time, meta.store)
-            for (seq, body, meta), offset in zip(numbered, written.offsets, strict=True)
-        ]
-        index = builder.finish().merged(rows)
-        index.time_order()  # sorted here, off the reactor thread
-        return {
-            "index": index,
-            "vol": vol,
-            "ids": frozenset(wanted),
-            "next_seq": next_seq,
-            "count": len(numbered),
-        }
-
-    def _snapshot_seqs(self, wanted: set[str]) -> dict[str, int]:
-        """Numbers the current snapshot gave to the wanted ids."""
-        assert self.snapshot_vol is not None
-        numbers: dict[str, int] = {}
-        volume = self.volumes[self.snapshot_vol]
-        for seq, _offset, _size, body in read_entries(volume, SNAPSHOT_KIND, self.max_frame_size):
-            try:
-                fact_id = peek_fact(body).id
-            except InvalidFact:
-                continue
-            if fact_id in wanted and fact_id not in numbers:
-                numbers[fact_id] = seq
-        return numbers
-
-    def _snapshot_install(self, result: dict[str, Any]) -> int:
-        old = self.snapshot_vol
-        self.index = result["index"]
-        self.snapshot_vol = result["vol"]
-        self.snapshot_ids = result["ids"]
-        self.next_seq = result["next_seq"]
-        self._committed_seq = self.next_seq - 1
-        if old is not None:
-            self.volumes.retire(old)
-        self.log.info(
-            "snapshot written: {count} facts; {visible} facts visible",
-            count=result["count"],
-            visible=len(self.index),
-        )
-        return result["count"]
+        return defer.Deferred.fromCoroutine(maintenance.write_snapshot(self, list(facts)))
 
     def compact(self) -> defer.Deferred:
         """Fold the WAL into a compacted log file; fires with a small report."""
-        return self._exclusive(self._compact_work, self._compact_install)
-
-    def _compact_work(self) -> dict[str, Any]:
-        assert self.directory is not None and self.wal is not None
-        started = time.monotonic()
-        through = self.next_seq - 1
-        before = self.wal.size
-        if self.log_vol is not None:
-            before += self.volumes[self.log_vol].size
-        self.wal.rotate(through)
-        index = self.index
-        snapshot_vol = self.snapshot_vol
-        rows = [r for r in range(len(index)) if index.vols[r] != snapshot_vol]
-        plan = ReplayPlan(index, rows, self.volumes.pin(), next_seq=through)
-        try:
-            seqs = index.seqs
-            bodies = (body for batch in plan.batches() for body in batch)
-            written = write_entries(
-                self.directory,
-                log_name(through),
-                LOG_KIND,
-                ((seqs[r], body) for r, body in zip(rows, bodies, strict=True)),
-                count=len(rows),
-                through=through,
-            )
-        finally:
-            plan.close()
-        vol = self.volumes.add(written.volume)
-        old_log = self.log_vol
-        if old_log is not None:
-            old_name = self.volumes[old_log].name
-            self.volumes.retire(old_log)
-            if old_name != written.volume.name:
-                self.directory.remove(old_name)
-        removed = self.wal.drop_through(through)
-        self.directory.sync()
-        return {
-            "index": index.relocated(rows, vol, written.offsets),
-            "vol": vol,
-            "through": through,
-            "facts": len(rows),
-            "segments_removed": removed,
-            "bytes_before": before,
-            "bytes_after": written.volume.size + self.wal.size,
-            "seconds": time.monotonic() - started,
-        }
-
-    def _compact_install(self, result: dict[str, Any]) -> dict[str, Any]:
-        self.index = result.pop("index")
-        self.log_vol = result.pop("vol")
-        self.log_through = result["through"]
-        self.log.info(
-            "compacted through seq {through}: {facts} log facts kept, {bytes_before} -> "
-            "{bytes_after} bytes, {seconds:.3f}s",
-            **result,
-        )
-        return result
+        return defer.Deferred.fromCoroutine(maintenance.compact(self))
 
     # -- reading ------------------------------------------------------------------------
+
+    def read(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """Run ``fn`` (which reads plans, and so may wait on the disk) on a reader thread."""
+        return self._readers.run(fn, *args)
 
     def plan_replay(self, batch_bytes: int | None = None) -> ReplayPlan:
         """Every visible fact in the compatible order (transaction time, then arrival)."""
         index = self.index
         kwargs = {} if batch_bytes is None else {"batch_bytes": batch_bytes}
         return ReplayPlan(
-            index, index.time_order(), self.volumes.pin(), next_seq=index.last_seq, **kwargs
+            index,
+            index.time_order(),
+            self.volumes.pin(),
+            next_seq=index.last_seq,
+            body_bytes=index.body_bytes,
+            **kwargs,
         )
 
     def plan_page(
@@ -520,34 +434,62 @@ class StoreBackend:
     ) -> ReplayPlan:
         """Facts numbered above ``since`` in sequence order, at most ``budget`` bytes."""
         index = self.index
+        return _select_page(
+            index, len(index), self.volumes.pin(), since, stores, limit, budget, scan_limit
+        )
+
+    def page(
+        self,
+        since: int,
+        stores: Iterable[str] | None,
+        *,
+        limit: int | None,
+        budget: int,
+        scan_limit: int | None = None,
+        then: Callable[[ReplayPlan], Any] | None = None,
+    ) -> defer.Deferred:
+        """``plan_page`` on a reader thread (selecting rows of a store filter may look
+        at the whole index), then ``then(plan)`` there too if given (it must close the
+        plan); fires with the plan, or with what ``then`` returned."""
+        index = self.index
+        pinned = self.volumes.pin()  # now: a compaction may retire volumes meanwhile
+        args = (index, len(index), pinned, since, stores, limit, budget, scan_limit)
+        if then is None:
+            return self.read(_select_page, *args)
+        return self.read(_select_and, then, *args)
+
+
+def _select_page(  # noqa: PLR0917 - runs on a reader thread with the reactor's view
+    index: FactIndex,
+    end: int,
+    pinned: dict[int, Any],
+    since: int,
+    stores: Iterable[str] | None,
+    limit: int | None,
+    budget: int,
+    scan_limit: int | None,
+) -> ReplayPlan:
+    """The page plan over the first ``end`` rows of ``index`` (safe on any thread)."""
+    try:
         store_ids = None if stores is None else index.store_ids(stores)
         if store_ids is not None and not store_ids:
             # none of the named stores has a fact: an empty page that covers the index
-            return ReplayPlan(index, [], {}, next_seq=max(since, index.last_seq))
+            last = index.seqs[end - 1] if end else 0
+            for volume in pinned.values():
+                volume.release()
+            return ReplayPlan(index, [], {}, next_seq=max(since, last), body_bytes=0)
         rows, cursor, more = index.select(
-            since, store_ids, limit=limit, budget=budget, scan_limit=scan_limit
+            since, store_ids, limit=limit, budget=budget, scan_limit=scan_limit, end=end
         )
-        return ReplayPlan(index, rows, self.volumes.pin(), next_seq=cursor, more=more)
+    except BaseException:
+        for volume in pinned.values():
+            volume.release()
+        raise
+    return ReplayPlan(index, rows, pinned, next_seq=cursor, more=more)
 
 
-def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
-    return threading.Thread(*args, daemon=True, **kwargs)
-
-
-def defer_to_pool(
-    reactor: Any, pool: ThreadPool, fn: Callable[..., Any], *args: Any
-) -> defer.Deferred:
-    """``deferToThreadPool`` without the context copy: this runs once per group commit."""
-    d: defer.Deferred = defer.Deferred()
-
-    def done(success: bool, result: Any) -> None:
-        if success:
-            reactor.callFromThread(d.callback, result)
-        else:
-            reactor.callFromThread(d.errback, result)
-
-    pool.callInThreadWithCallback(done, fn, *args)
-    return d
+def _select_and(then: Callable[[ReplayPlan], Any], *args: Any) -> Any:
+    return then(_select_page(*args))
 
 
 def file_backend(
@@ -555,6 +497,8 @@ def file_backend(
     path: str,
     fsync: FsyncPolicy | None = None,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    *,
+    reader_threads: int = DEFAULT_READER_THREADS,
 ) -> StoreBackend:
     """The durable backend: WAL and snapshot files in ``path``, written by one thread."""
     return StoreBackend(
@@ -564,6 +508,7 @@ def file_backend(
         fsync=fsync,
         threaded=True,
         max_frame_size=max_frame_size,
+        reader_threads=reader_threads,
     )
 
 

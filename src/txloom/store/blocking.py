@@ -2,7 +2,9 @@
 
 One socket, one request at a time (calls from several threads are serialised), answers
 read whole before returning. ``subscribe`` opens a second connection and calls the
-callback from a background thread, as the Ruby client does.
+callback from a background thread, as the Ruby client does; that thread reconnects
+when the connection drops (a server restart, an overflow) and resubscribes from the
+last sequence number it delivered, so nothing is missed and nothing comes twice.
 
     with NetworkBackend(address="127.0.0.1:7400") as store:
         store.write_fact(Fact.build(store="tasks", key="t1", value={"done": False}))
@@ -38,6 +40,11 @@ NetworkError = StoreError
 
 #: Seconds a call waits for the server before giving up.
 DEFAULT_TIMEOUT = 30.0
+
+#: Seconds a subscription waits before its first attempt to reconnect; each failed
+#: attempt doubles the wait, up to ``MAX_RECONNECT_DELAY``.
+INITIAL_RECONNECT_DELAY = 0.1
+MAX_RECONNECT_DELAY = 5.0
 
 _RECV = 256 * 1024
 
@@ -111,56 +118,132 @@ class _Connection:
 
 
 class Subscription:
-    """A push connection read by a background thread; ``close()`` ends it."""
+    """A push connection read by a background thread; ``close()`` ends it.
+
+    With ``reconnect`` (the default), a lost connection is replaced: the thread waits
+    ``INITIAL_RECONNECT_DELAY`` (doubling after each failure, up to
+    ``MAX_RECONNECT_DELAY``), connects and subscribes again from ``last_seq``; the
+    server catches it up from its store. An overflow (this reader fell behind and the
+    server dropped events) is healed the same way. Without it, the thread ends and
+    ``error`` says why.
+    """
 
     def __init__(
         self,
-        connection: _Connection,
+        connect: Callable[[], _Connection],
+        stores: list[str],
         callback: Callable[[Fact], Any],
-        on_overflow: Callable[[int], Any] | None,
+        *,
+        on_overflow: Callable[[int], Any] | None = None,
+        since: int | None = None,
+        reconnect: bool = True,
     ) -> None:
-        self._connection = connection
+        self._connect_new = connect
+        self._stores = stores
         self._callback = callback
         self._on_overflow = on_overflow
-        self._closed = False
-        #: Sequence number of the last event delivered.
-        self.last_seq: int | None = None
-        #: Why the subscription ended on its own (None while running or after close()).
+        self._reconnect = reconnect
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        #: Sequence number of the last event delivered (or where delivery starts).
+        self.last_seq: int | None = since
+        #: Why the subscription ended on its own, or the last connection error while
+        #: reconnecting (None while all is well, and after close()).
         self.error: Exception | None = None
+        #: Connections made after the first.
+        self.reconnects = 0
+        self._connection = self._subscribe()  # fails here if the server refuses
         self._thread = threading.Thread(target=self._run, name="txloom-subscription", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _subscribe(self) -> _Connection:
+        connection = self._connect_new()
         try:
-            while True:
-                event = self._connection.receive()
-                if event is None:
+            if self.last_seq is None and self._reconnect:
+                # start from the server's present, by number, so a reconnect misses nothing
+                self.last_seq = int(connection.call({"op": "stats"}).get("last_seq", 0))
+            connection.call(subscribe_request(self._stores, self.last_seq))
+        except BaseException:
+            connection.close()
+            raise
+        if connection.sock.gettimeout() is not None:
+            connection.sock.settimeout(None)  # events may be far apart
+        return connection
+
+    def _run(self) -> None:
+        delay = INITIAL_RECONNECT_DELAY
+        connection: _Connection | None = self._connection
+        while not self._closed.is_set():
+            if connection is None:
+                if self._closed.wait(delay):
                     return
-                kind = event.get("event")
-                if kind == "fact_written":
-                    seq = event.get("seq")
-                    fact = Fact.from_dict(event.get("fact"), seq if isinstance(seq, int) else None)
-                    self.last_seq = fact.seq
-                    try:
-                        self._callback(fact)
-                    except Exception:  # a callback error must not end the stream
-                        _log.exception("subscription callback failed on seq %s", fact.seq)
-                elif kind == "overflow" and self._on_overflow is not None:
-                    self._on_overflow(int(event.get("dropped", 0)))
-        except Exception as e:  # reported through .error
-            if not self._closed:
+                try:
+                    connection = self._subscribe()
+                except Exception as e:
+                    self.error = e
+                    delay = min(delay * 2, MAX_RECONNECT_DELAY)
+                    continue
+                with self._lock:
+                    if self._closed.is_set():
+                        connection.close()
+                        return
+                    self._connection = connection
+                self.reconnects += 1
+                self.error = None
+                delay = INITIAL_RECONNECT_DELAY
+            try:
+                self._read(connection)
+                self.error = StoreConnectionError("connection closed by the server")
+            except Exception as e:
                 self.error = e
+            connection.close()
+            connection = None
+            if not self._reconnect:
+                return
+        self.error = None
+
+    def _read(self, connection: _Connection) -> None:
+        """Deliver events until the connection ends (or must be dropped: overflow)."""
+        while True:
+            event = connection.receive()
+            if event is None:
+                return
+            kind = event.get("event")
+            if kind == "fact_written":
+                seq = event.get("seq")
+                if isinstance(seq, int):
+                    if self.last_seq is not None and seq <= self.last_seq:
+                        continue  # delivered before a reconnect
+                    self.last_seq = seq
+                fact = Fact.from_dict(event.get("fact"), seq if isinstance(seq, int) else None)
+                try:
+                    self._callback(fact)
+                except Exception:  # a callback error must not end the stream
+                    _log.exception("subscription callback failed on seq %s", fact.seq)
+            elif kind == "overflow":
+                dropped = int(event.get("dropped", 0))
+                if self._on_overflow is not None:
+                    self._on_overflow(dropped)
+                if self._reconnect:
+                    _log.warning(
+                        "subscription fell behind: %d events dropped; catching up from seq %s",
+                        dropped,
+                        self.last_seq,
+                    )
+                    return  # the events after the gap come again, in order, on the next one
 
     def close(self, timeout: float = 5.0) -> None:
         """Unsubscribe: send ``close``, close the socket, wait for the reader thread."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            connection = self._connection
         with contextlib.suppress(StoreError):
-            self._connection.send({"op": "close"})
+            connection.send({"op": "close"})
         with contextlib.suppress(OSError):
-            self._connection.sock.shutdown(socket.SHUT_RDWR)
-        self._connection.close()
+            connection.sock.shutdown(socket.SHUT_RDWR)
+        connection.close()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -239,23 +322,25 @@ class NetworkBackend:
         *,
         since: int | None = None,
         on_overflow: Callable[[int], Any] | None = None,
+        reconnect: bool = True,
     ) -> Subscription:
         """Call ``callback(fact)`` for each write to ``stores`` (all stores when empty).
 
         With ``since``, stored facts numbered above it come first (catch-up). The
-        subscription is registered when this returns.
+        subscription is registered when this returns; it reconnects and catches up by
+        itself unless ``reconnect`` is false (see ``Subscription``).
         """
         if callback is None:
             raise TypeError("subscribe needs a callback")
-        connection = self._connect()
-        try:
-            connection.call(subscribe_request(stores, since))
-        except BaseException:
-            connection.close()
-            raise
-        if connection.sock.gettimeout() is not None:
-            connection.sock.settimeout(None)  # events may be far apart
-        return Subscription(connection, callback, on_overflow)
+        names = [stores] if isinstance(stores, str) else [str(s) for s in stores]
+        return Subscription(
+            self._connect,
+            names,
+            callback,
+            on_overflow=on_overflow,
+            since=since,
+            reconnect=reconnect,
+        )
 
     def close(self) -> None:
         """Say goodbye and close the connection."""

@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_PIPELINE",
+    "DEFAULT_READER_THREADS",
     "DEFAULT_SUBSCRIBER_MAX_BYTES",
     "DEFAULT_SUBSCRIBER_MAX_EVENTS",
     "FsyncPolicy",
@@ -48,6 +49,12 @@ DEFAULT_DRAIN_TIMEOUT = 10.0
 #: Seconds a subscriber cut off for falling behind has to read its overflow event
 #: before the connection is aborted.
 DEFAULT_OVERFLOW_CLOSE_TIMEOUT = 5.0
+
+#: Threads that read stored facts for replays and catch-up subscriptions (the file
+#: backend), so that a read from a cold disk never holds the reactor thread. Each
+#: replay has at most one read in flight, so this many replays progress at once and the
+#: rest wait their turn; appends have a thread of their own and never wait for readers.
+DEFAULT_READER_THREADS = 2
 
 #: Bytes kept free in the frame limit for the envelope around facts in an answer
 #: (``{"ok":true,"facts":[...],"next":N,...}``, a ``request_id``), so that a fact that was
@@ -112,6 +119,7 @@ class StoreConfig:
     slow_subscriber: str = SlowSubscriberPolicy.DISCONNECT
     overflow_close_timeout: float = DEFAULT_OVERFLOW_CLOSE_TIMEOUT
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    reader_threads: int = DEFAULT_READER_THREADS
 
     @property
     def max_fact_size(self) -> int:

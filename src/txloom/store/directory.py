@@ -28,6 +28,11 @@ __all__ = ["DataDirectoryLocked", "Directory", "FileDirectory", "MemoryDirectory
 LOCK_NAME = "LOCK"
 TEMP_SUFFIX = ".tmp"
 
+#: A large file (a compacted log) is made durable this many bytes at a time while it is
+#: written: one fsync of hundreds of megabytes at the end would hold the disk, and the
+#: WAL's fsyncs (every acknowledged write) would wait behind it.
+SYNC_EVERY = 32 * 1024 * 1024
+
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
@@ -218,13 +223,18 @@ class FileDirectory(Directory):
         try:
             buffer: list[bytes] = []
             pending = 0
+            unsynced = 0
             for chunk in chunks:
                 buffer.append(chunk)
                 pending += len(chunk)
                 if pending >= 1 << 20:
                     _write_all(fd, b"".join(buffer))
                     buffer.clear()
+                    unsynced += pending
                     pending = 0
+                    if unsynced >= SYNC_EVERY:
+                        _fdatasync(fd)
+                        unsynced = 0
             if buffer:
                 _write_all(fd, b"".join(buffer))
             os.fsync(fd)

@@ -8,13 +8,13 @@ back, peeking at three fields per fact; it never holds the facts themselves.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
 from txloom.store.directory import Directory, Volume
-from txloom.store.fact import InvalidFact, peek_fact, peek_fields
+from txloom.store.fact import FactMeta, InvalidFact, peek_fact, peek_fields
 from txloom.store.framefile import FrameScanner
 from txloom.store.index import FactIndex
 from txloom.store.snapshot import (
@@ -25,6 +25,7 @@ from txloom.store.snapshot import (
     parse_log_name,
     read_entries,
 )
+from txloom.store.threads import let_others_run
 from txloom.store.volumes import VolumeTable
 from txloom.store.wal import RecoveryReport, WriteAheadLog
 from txloom.wire.crcjson import encode_frame
@@ -85,6 +86,23 @@ class IndexBuilder:
         add_store(store_id)
         return True
 
+    def add_meta(self, seq: int, vol: int, offset: int, size: int, meta: FactMeta) -> None:
+        """A fact known without reading it (a commit seen as it happened)."""
+        self.max_seq = max(self.max_seq, seq)
+        fact_id = meta.id
+        if fact_id is not None:
+            if fact_id in self.wanted and fact_id not in self.found:
+                self.found[fact_id] = seq
+            if fact_id in self.hidden:
+                return
+        add_seq, add_vol, add_offset, add_size, add_time, add_store = self._columns
+        add_seq(seq)
+        add_vol(vol)
+        add_offset(offset)
+        add_size(size)
+        add_time(meta.transaction_time)
+        add_store(self.index.store_id(meta.store))
+
     def finish(self) -> FactIndex:
         """The index, with its totals computed."""
         self.index.recount()
@@ -125,23 +143,39 @@ def read_snapshot(
     return rows, ids
 
 
-def scan_log(
-    volumes: VolumeTable,
+def scan_log(  # noqa: PLR0917 - the log's parts, as the caller saw them at its cut
+    volumes: Mapping[int, Volume],
     log_vol: int | None,
-    wal: WriteAheadLog,
+    segments: Iterable[tuple[int, int]],
     builder: IndexBuilder,
     max_frame_size: int,
+    through: int,
 ) -> None:
-    """Feed every log fact (compacted log, then WAL segments) to ``builder``."""
+    """Feed every log fact numbered up to ``through`` to ``builder``: the compacted log,
+    then the WAL segments given as ``(base, vol)``. The active segment may be growing
+    meanwhile; what lies past ``through`` is not read."""
     if log_vol is not None:
         volume = volumes[log_vol]
         for seq, offset, _size, body in read_entries(volume, LOG_KIND, max_frame_size):
+            if seq > through:
+                return
             builder.add(seq, log_vol, offset, body)
-    for segment in wal.segments:
-        seq = segment.base
-        for offset, body in FrameScanner(segment.volume, max_frame_size):
+            if seq % 128 == 0:
+                let_others_run()  # this runs beside the reactor and the writer
+    for base, vol in segments:
+        if base >= through:
+            return
+        seq = base
+        scanner = FrameScanner(volumes[vol], max_frame_size)
+        for offset, body in scanner:
             seq += 1
-            builder.add(seq, segment.vol_id, offset + 4, body)
+            builder.add(seq, vol, offset + 4, body)
+            if seq >= through:
+                return
+            if seq % 128 == 0:
+                let_others_run()
+        if scanner.error is not None:
+            raise EntryFileError(volumes[vol].name, scanner.error, seq - base)
 
 
 def load_store(

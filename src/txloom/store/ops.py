@@ -18,11 +18,13 @@ from txloom.store import errors
 from txloom.store.errors import RequestError
 from txloom.store.fact import InvalidFact, encode_fact, meta_of, normalize_fact
 from txloom.store.protocol import CloseAfter
+from txloom.store.replay import ReplayPlan
 from txloom.store.replies import (
     MISSING,
     OK,
     ReplyStream,
     envelope_size,
+    error_frame,
     ok_frame,
     replay_envelope,
 )
@@ -138,29 +140,54 @@ class RequestRouter:
     # -- reading ------------------------------------------------------------------------
 
     @_op("replay", barrier=True)
-    def replay(self, conn: StoreServerProtocol, request: dict[str, Any]) -> bytes | ReplyStream:
+    def replay(
+        self, conn: StoreServerProtocol, request: dict[str, Any]
+    ) -> ReplyStream | defer.Deferred:
         stores = _stores(request)
         since = _non_negative(request, "since")
         limit = _non_negative(request, "limit")
         if limit == 0:
             raise RequestError(errors.INVALID_REQUEST, "limit must be at least 1")
         request_id = _rid(request)
-        paged = any(request.get(k) is not None for k in ("stores", "since", "limit"))
+        if any(request.get(k) is not None for k in ("stores", "since", "limit")):
+            budget = self.config.max_frame_size - envelope_size(request_id)
+
+            def first_page(plan: ReplayPlan) -> ReplyStream:
+                stream = self._stream(plan, True, request_id)
+                try:
+                    stream.read_first()
+                except BaseException:
+                    stream.close()
+                    raise
+                return stream
+
+            # on a reader thread: a store filter may make the selection scan the index
+            return self.backend.page(
+                since or 0, stores, limit=limit, budget=budget, then=first_page
+            )
+        return self._stream(self.backend.plan_replay(), False, request_id)
+
+    def _stream(self, plan: ReplayPlan, paged: bool, request_id: Any) -> ReplyStream:
+        """The answer to a replay, read on the backend's reader threads as it goes out
+        (built on whichever thread planned it; it touches nothing shared)."""
         max_frame = self.config.max_frame_size
-        if paged:
-            budget = max_frame - envelope_size(request_id)
-            plan = self.backend.plan_page(since or 0, stores, limit=limit, budget=budget)
-            if plan.count == 0 and plan.more:
-                plan.close()
-                raise RequestError(
-                    errors.FRAME_TOO_LARGE,
-                    f"the fact after seq {plan.next} does not fit in one answer with this "
-                    "request_id; send a shorter request_id",
-                )
-        else:
-            plan = self.backend.plan_replay()
+        if paged and plan.count == 0 and plan.more:
+            plan.close()
+            raise RequestError(
+                errors.FRAME_TOO_LARGE,
+                f"the fact after seq {plan.next} does not fit in one answer with this "
+                "request_id; send a shorter request_id",
+            )
         prefix, suffix = replay_envelope(plan, paged, request_id)
-        stream = ReplyStream(plan, prefix, suffix)
+        stream = ReplyStream(
+            plan,
+            prefix,
+            suffix,
+            self.backend.read,
+            failure_frame=error_frame(
+                errors.INTERNAL_ERROR, "storage failure; see the server log", request_id
+            ),
+        )
         if stream.length > max_frame:
             stream.close()
             raise RequestError(
@@ -169,7 +196,7 @@ class RequestRouter:
                 f"the limit of {max_frame}; read the store in pages with "
                 f'{{"op":"replay","since":0,"limit":N}} and continue from "next"',
             )
-        return stream.small() or stream
+        return stream
 
     @_op("subscribe", barrier=True)
     def subscribe(self, conn: StoreServerProtocol, request: dict[str, Any]) -> None:

@@ -78,6 +78,7 @@ class StoreServerProtocol(Protocol):
         self.held: dict[str, Any] | None = None
         self.subscriber: Subscriber | None = None
         self.closing = False
+        self.lost = False
         self.write_paused = False
         self._reading_paused = False
         self._counted = False
@@ -109,6 +110,7 @@ class StoreServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True
+        self.lost = True
         if self.subscriber is not None:
             self.factory.hub.remove(self.subscriber)
             self.subscriber.queue.stopProducing()
@@ -277,15 +279,32 @@ class StoreServerProtocol(Protocol):
             self.closing = True
             result = result.frame
         if isinstance(result, bytes | ReplyStream):
-            slot.frame = result
-            self._flush()
+            self._settled(result, slot)
             return
         result.addCallbacks(self._settled, self._settle_failed, (slot,), None, (slot, request_id))
 
     def _settled(self, frame: bytes | ReplyStream, slot: _Slot) -> None:
+        if isinstance(frame, ReplyStream):
+            if self.lost:
+                frame.close()  # the connection went while the plan was being made
+                return
+            frame.wake = self._stream_ready
+            frame.broken = self._stream_broken
         slot.frame = frame
         if self.slots and self.slots[0] is slot:
             self._flush()
+
+    def _stream_ready(self) -> None:
+        """A replay stream read more: write it if it is the answer at the front."""
+        if not self.lost and self.slots and not self.write_paused:
+            self._flush()
+
+    def _stream_broken(self) -> None:
+        """A replay answer that was begun cannot be finished: the peer must not wait for
+        the rest of a frame, so the connection goes."""
+        self.closing = True
+        if not self.lost:
+            self.transport.abortConnection()
 
     def _settle_failed(self, failure: Failure, slot: _Slot, request_id: Any) -> None:
         if failure.check(errors.RequestError):

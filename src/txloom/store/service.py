@@ -40,7 +40,13 @@ def make_backend(config: StoreConfig, reactor: Any) -> StoreBackend:
     if config.backend == "memory":
         return memory_backend(reactor, config.max_frame_size)
     if config.backend == "file":
-        return file_backend(reactor, config.data_dir, config.fsync, config.max_frame_size)
+        return file_backend(
+            reactor,
+            config.data_dir,
+            config.fsync,
+            config.max_frame_size,
+            reader_threads=config.reader_threads,
+        )
     raise ValueError(f"unknown backend {config.backend!r} (file or memory)")
 
 

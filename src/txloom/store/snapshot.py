@@ -13,11 +13,13 @@ Files are written to a temporary name, fsynced, renamed and the directory fsynce
 from __future__ import annotations
 
 import re
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from txloom.store.directory import Directory, Volume
 from txloom.store.framefile import FrameScanner
+from txloom.store.threads import let_others_run
 from txloom.wire.crcjson import BadJSON, NotAnObject, decode_body, encode_frame
 
 __all__ = [
@@ -59,12 +61,16 @@ class EntryFileError(Exception):
 
 @dataclass
 class EntryFile:
-    """A snapshot file as written: where each fact's bytes are."""
+    """A snapshot file as written: where each fact's bytes are.
+
+    Typed arrays rather than lists: a compacted log holds a million entries, and a
+    million int objects take tens of milliseconds to free, holding the interpreter lock.
+    """
 
     volume: Volume
-    seqs: list[int] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
+    seqs: array = field(default_factory=lambda: array("q"))
+    offsets: array = field(default_factory=lambda: array("q"))
+    sizes: array = field(default_factory=lambda: array("q"))
 
 
 def _header(kind: str, count: int, through: int) -> bytes:
@@ -86,9 +92,9 @@ def write_entries(
     through: int = 0,
 ) -> EntryFile:
     """Write ``count`` ``(seq, fact_body)`` pairs atomically as ``name``."""
-    seqs: list[int] = []
-    offsets: list[int] = []
-    sizes: list[int] = []
+    seqs = array("q")
+    offsets = array("q")
+    sizes = array("q")
 
     def chunks() -> Iterator[bytes]:
         header = encode_frame(_header(kind, count, through))
@@ -104,6 +110,8 @@ def write_entries(
             position += len(frame)
             written += 1
             yield frame
+            if written % 256 == 0:
+                let_others_run()  # a large file is written beside the reactor
         if written != count:
             raise ValueError(f"{name}: {written} entries given, {count} announced")
 

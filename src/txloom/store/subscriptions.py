@@ -8,9 +8,10 @@ Past the bound the subscriber is sent ``{"event":"overflow","dropped":N}`` and, 
 configuration, disconnected or skipped ahead to the live stream. Writers and other
 subscribers never wait for it.
 
-A subscription with ``since`` first catches up from the index (pulling stored facts a
-batch at a time, only as fast as its transport takes them), then switches to live events
-at the exact sequence number where the catch-up ended: no gap, no duplicate.
+A subscription with ``since`` first catches up from the index (stored facts read and
+framed a batch at a time on a reader thread, only as fast as its transport takes them),
+then switches to live events at the exact sequence number where the catch-up ended: no
+gap, no duplicate.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from zope.interface import implementer
 
 from txloom.store.backend import Committed, StoreBackend
 from txloom.store.config import SlowSubscriberPolicy
+from txloom.store.replay import ReplayPlan
 from txloom.wire.crcjson import encode_frame
 
 __all__ = ["Subscriber", "SubscriberQueue", "SubscriptionHub", "event_frame", "overflow_frame"]
@@ -44,6 +46,17 @@ def event_frame(seq: int, body: bytes) -> bytes:
 
 def overflow_frame(dropped: int) -> bytes:
     return encode_frame(b'{"event":"overflow","dropped":%d}' % dropped)
+
+
+def catch_up_events(plan: ReplayPlan) -> tuple[bytes, int, bool]:
+    """The plan's facts as push events (on a reader thread): frames, ``next``, ``more``."""
+    try:
+        seqs = plan.index.seqs
+        rows = iter(plan.rows)
+        frames = [event_frame(seqs[next(rows)], body) for batch in plan.batches() for body in batch]
+        return b"".join(frames), plan.next, plan.more
+    finally:
+        plan.close()
 
 
 @implementer(IPushProducer)
@@ -147,6 +160,8 @@ class SubscriberQueue:
 class Subscriber:
     """One push connection's interest: stores, position, and catch-up state."""
 
+    log = Logger()
+
     def __init__(
         self,
         hub: SubscriptionHub,
@@ -161,6 +176,7 @@ class Subscriber:
         self.cursor = hub.backend.last_seq if since is None else since
         self.catching_up = since is not None
         self._step_scheduled = False
+        self._reading = False
         queue.on_drained = self._drained
 
     def deliver(self, seq: int, frame: bytes) -> None:
@@ -184,33 +200,45 @@ class Subscriber:
             self.hub.clock.callLater(0, self._step)
 
     def _step(self) -> None:
-        """Push one batch of stored facts; come back when the transport wants more."""
+        """Read the next batch of stored facts; come back when the transport wants more."""
         self._step_scheduled = False
         queue = self.queue
-        if queue.closed or not self.catching_up or queue.paused:
+        if queue.closed or not self.catching_up or queue.paused or self._reading:
             return
-        plan = self.hub.backend.plan_page(
+        self._reading = True
+        self.hub.backend.page(
             self.cursor,
             self.stores,
             limit=None,
             budget=CATCHUP_BATCH_BYTES,
             scan_limit=CATCHUP_SCAN_ROWS,
-        )
-        try:
-            seqs = plan.index.seqs
-            rows = iter(plan.rows)
-            write = queue.transport.write
-            for batch in plan.batches():
-                for body in batch:
-                    write(event_frame(seqs[next(rows)], body))
-        finally:
-            plan.close()
-        self.cursor = max(self.cursor, plan.next)
-        if not plan.more:
-            self.catching_up = False  # from here on, live events continue the stream
+            then=catch_up_events,
+        ).addCallbacks(self._read, self._read_failed)
+
+    def _read(self, result: tuple[bytes, int, bool]) -> None:
+        self._reading = False
+        frames, next_seq, more = result
+        queue = self.queue
+        if queue.closed or not self.catching_up:
+            return
+        if frames:
+            queue.transport.write(frames)
+        self.cursor = max(self.cursor, next_seq)
+        if not more and self.hub.backend.index.last_seq <= self.cursor:
+            # Nothing stored is left above the cursor, and this runs on the reactor
+            # thread, where commits are published: from here on, live events continue
+            # the stream exactly where the catch-up ended.
+            self.catching_up = False
             return
         if not queue.paused:
             self._schedule_step()
+
+    def _read_failed(self, failure: Any) -> None:
+        self._reading = False
+        self.log.failure("catch-up read failed; closing the subscription", failure)
+        if not self.queue.closed:
+            self.queue.closed = True
+            self.queue.close()
 
 
 class SubscriptionHub:

@@ -26,6 +26,7 @@ from txloom.store.config import (
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_PIPELINE,
     DEFAULT_OVERFLOW_CLOSE_TIMEOUT,
+    DEFAULT_READER_THREADS,
     DEFAULT_SUBSCRIBER_MAX_BYTES,
     DEFAULT_SUBSCRIBER_MAX_EVENTS,
     FsyncPolicy,
@@ -161,6 +162,15 @@ class Options(usage.Options):
             _positive_float("overflow-close-timeout"),
         ],
         [
+            "reader-threads",
+            None,
+            DEFAULT_READER_THREADS,
+            "Threads reading stored facts for replays and catch-up subscriptions (file "
+            "backend): this many large reads progress at once, and none of them holds up "
+            "other clients or the writes.",
+            _positive_int("reader-threads"),
+        ],
+        [
             "drain-timeout",
             None,
             DEFAULT_DRAIN_TIMEOUT,
@@ -227,6 +237,7 @@ class Options(usage.Options):
             slow_subscriber=self["slow-subscriber"],
             overflow_close_timeout=self["overflow-close-timeout"],
             drain_timeout=self["drain-timeout"],
+            reader_threads=self["reader-threads"],
         )
 
 
