@@ -46,8 +46,10 @@ class IStorageBackend(Interface):
     replay and push send back verbatim) and its meta (id, store, transaction time). The
     backend owns sequence numbers: 1, 2, ... in commit order, stable across restarts.
 
-    All methods are called on the reactor thread. Replay plans read committed bytes
-    synchronously; everything that writes returns a Deferred.
+    All methods are called on the reactor thread; everything that writes returns a
+    Deferred. A replay plan only names committed bytes: it may be read on any one thread at
+    a time (the file backend reads plans on its reader threads, so that one client's large
+    replay never stalls the reactor).
     """
 
     name = Attribute("Short name for logs and stats, such as 'file' or 'memory'.")
