@@ -221,3 +221,33 @@ class FakeEngine(Factory):
 
         peer.connectionMade = made  # type: ignore[method-assign]
         return peer
+
+
+class SocketWorker:
+    """The worker end of an app socket on an in-memory transport, handshaken.
+
+    For step-by-step engine tests: ``send`` feeds messages as if the worker wrote them,
+    ``received`` returns what the engine wrote. ``congested`` pauses the connection as a
+    full socket buffer would before the handshake.
+    """
+
+    def __init__(self, pool: Any, uuid: str, congested: bool = False) -> None:
+        from twisted.internet.testing import StringTransport
+
+        from txloom.worker.control import WorkerConnection
+
+        self.connection = WorkerConnection(pool)
+        self.transport = StringTransport()
+        self.connection.makeConnection(self.transport)
+        if congested:
+            self.connection.pauseProducing()
+        self.decoder = Decoder()
+        self.connection.dataReceived(encode(1, 0, [uuid]))
+
+    def received(self) -> list[Message]:
+        data = self.transport.value()
+        self.transport.clear()
+        return self.decoder.receive_data(data)
+
+    def send(self, *args: Any) -> None:
+        self.connection.dataReceived(encode(*args))

@@ -11,8 +11,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer, verify
 
+from support.workerhost import SocketWorker
 from txloom.interfaces import IDownstream, IWorkerLauncher
-from txloom.wire.cocaine import Decoder, Header, Message, encode
+from txloom.wire.cocaine import Header, Message, encode
 from txloom.worker import errors
 from txloom.worker.control import WorkerConnection
 from txloom.worker.manifest import AppManifest
@@ -61,25 +62,6 @@ class Recorder:
         self.end = "closed"
 
 
-class FakeWorker:
-    """A worker socket connection driven by the test."""
-
-    def __init__(self, pool: WorkerPool, uuid: str) -> None:
-        self.connection = WorkerConnection(pool)
-        self.transport = StringTransport()
-        self.connection.makeConnection(self.transport)
-        self.decoder = Decoder()
-        self.connection.dataReceived(encode(1, 0, [uuid]))
-
-    def received(self) -> list[Message]:
-        data = self.transport.value()
-        self.transport.clear()
-        return self.decoder.receive_data(data)
-
-    def send(self, *args: Any) -> None:
-        self.connection.dataReceived(encode(*args))
-
-
 def make_pool(**profile: Any) -> tuple[WorkerPool, Clock, FakeLauncher]:
     clock = Clock()
     launcher = FakeLauncher()
@@ -91,9 +73,9 @@ def make_pool(**profile: Any) -> tuple[WorkerPool, Clock, FakeLauncher]:
     return pool, clock, launcher
 
 
-def ready_worker(pool: WorkerPool, launcher: FakeLauncher, index: int = -1) -> FakeWorker:
+def ready_worker(pool: WorkerPool, launcher: FakeLauncher, index: int = -1) -> SocketWorker:
     _process, argv, _env = launcher.launched[index]
-    return FakeWorker(pool, argv[argv.index("--uuid") + 1])
+    return SocketWorker(pool, argv[argv.index("--uuid") + 1])
 
 
 def test_interfaces() -> None:

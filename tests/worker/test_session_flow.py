@@ -8,10 +8,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
+from support.workerhost import SocketWorker
 from txloom.interfaces import IDownstream, IReplyChannel, IService, IUpstream
-from txloom.wire.cocaine import Decoder, Message, encode
+from txloom.wire.cocaine import Message, encode
 from txloom.worker import errors
-from txloom.worker.control import WorkerConnection
 from txloom.worker.dispatch import STREAMING, ServiceConnection
 from txloom.worker.manifest import AppManifest
 from txloom.worker.pool import WorkerPool
@@ -69,27 +69,6 @@ class Feeder:
         self.held.discard(by)
 
 
-class Worker:
-    """The worker end of an app socket, handshaken (optionally congested first)."""
-
-    def __init__(self, pool: WorkerPool, uuid: str, congested: bool = False) -> None:
-        self.connection = WorkerConnection(pool)
-        self.transport = StringTransport()
-        self.connection.makeConnection(self.transport)
-        if congested:
-            self.connection.pauseProducing()
-        self.decoder = Decoder()
-        self.connection.dataReceived(encode(1, 0, [uuid]))
-
-    def received(self) -> list[Message]:
-        data = self.transport.value()
-        self.transport.clear()
-        return self.decoder.receive_data(data)
-
-    def send(self, *args: Any) -> None:
-        self.connection.dataReceived(encode(*args))
-
-
 def make_pool(**profile: Any) -> tuple[WorkerPool, Launcher]:
     launcher = Launcher()
     manifest = AppManifest(name="app", command=("w",), cwd="/", env={}, profile=Profile(**profile))
@@ -103,7 +82,7 @@ def test_replies_wait_while_the_caller_does_not_read_and_keep_their_order() -> N
     consumer = Consumer()
     session = pool.enqueue(b"echo", (), consumer)
     assert consumer.producer is session
-    worker = Worker(pool, launcher.uuids[0])
+    worker = SocketWorker(pool, launcher.uuids[0])
     session.close()
     consumer.producer.pauseProducing()
     for chunk in (b"a", b"bb", b"ccc"):
@@ -124,7 +103,7 @@ def test_a_consumer_that_pauses_again_mid_flush_gets_the_rest_later() -> None:
     pool, launcher = make_pool()
     consumer = Consumer()
     session = pool.enqueue(b"echo", (), consumer)
-    worker = Worker(pool, launcher.uuids[0])
+    worker = SocketWorker(pool, launcher.uuids[0])
     session.pauseProducing()
     for i in range(4):
         worker.send(2, 0, [b"%d" % i])
@@ -141,7 +120,7 @@ def test_backlog_overflow_fails_the_session_both_ways_and_its_channel_is_muted()
     consumer = Consumer()
     session = pool.enqueue(b"stream", (), consumer)
     session.close()
-    worker = Worker(pool, launcher.uuids[0])
+    worker = SocketWorker(pool, launcher.uuids[0])
     worker.received()
     session.pauseProducing()
     worker.send(2, 0, [b"x" * 600])
@@ -169,7 +148,7 @@ def test_a_failed_session_drops_its_backlog_for_the_error() -> None:
     pool, launcher = make_pool()
     consumer = Consumer()
     session = pool.enqueue(b"echo", (), consumer)
-    worker = Worker(pool, launcher.uuids[0])
+    worker = SocketWorker(pool, launcher.uuids[0])
     session.pauseProducing()
     worker.send(2, 0, [b"held"])
     worker.send(2, 2, [])  # the worker's end is held too: the caller has not had it
@@ -199,7 +178,7 @@ def test_a_congested_worker_holds_its_feeders_until_it_drains() -> None:
     pool, launcher = make_pool()
     feeder = Feeder()
     session = pool.enqueue(b"echo", (), Consumer(), feeder)
-    worker = Worker(pool, launcher.uuids[0])
+    worker = SocketWorker(pool, launcher.uuids[0])
     worker.received()
     session.write(b"fine")
     assert not feeder.held
@@ -224,7 +203,7 @@ def test_what_waited_in_the_queue_goes_out_as_the_worker_drains() -> None:
         session.write(chunk)
     session.close()
     assert pool.stats.pending == 4 * MESSAGE_OVERHEAD + 3
-    worker = Worker(pool, launcher.uuids[0], congested=True)
+    worker = SocketWorker(pool, launcher.uuids[0], congested=True)
     assert [m.args for m in worker.received()] == [[b"echo"]]  # the invoke only
     assert feeder.held == {worker.connection}
     worker.connection.resumeProducing()
@@ -327,7 +306,7 @@ def test_a_caller_slower_than_its_worker_pauses_the_worker_briefly() -> None:
     consumer = Consumer()
     session = pool.enqueue(b"stream", (), consumer)
     session.close()
-    worker = Worker(pool, launcher.uuids[0])
+    worker = SocketWorker(pool, launcher.uuids[0])
     socket = worker.transport
     session.pauseProducing()
     worker.send(2, 0, [b"x" * 200])
@@ -358,7 +337,7 @@ def test_a_caller_slower_than_its_worker_pauses_the_worker_briefly() -> None:
 def test_stall_limit_0_never_pauses_the_worker() -> None:
     pool, launcher = make_pool(backlog_limit=1000, stall_limit=0)
     session = pool.enqueue(b"stream", (), Consumer())
-    worker = Worker(pool, launcher.uuids[0])
+    worker = SocketWorker(pool, launcher.uuids[0])
     session.pauseProducing()
     worker.send(2, 0, [b"x" * 900])
     assert worker.transport.producerState == "producing" and pool.stats.stalls == 0

@@ -12,21 +12,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from txloom.wire.cocaine_http import decode_request, encode_response_head
-from txloom.worker import Request, Response, Worker
+from txloom.worker import Request, Response
 from txloom.worker.client import LoggerClient
+from txloom.worker.examples.echo import worker
 
-worker = Worker()
-
-
-@worker.on("echo")
-async def echo(request: Request, response: Response) -> None:
-    async for chunk in request:
-        response.write(chunk)
-
-
-@worker.on("ping")
-def ping(request: Request, response: Response) -> None:
-    response.write(b"pong")
+# ``worker`` is the shipped example (``echo``, ``ping``) plus one event per behaviour under test
 
 
 @worker.on("count")
