@@ -6,10 +6,11 @@ STAMP  := $(VENV)/.txloom-installed
 
 .PHONY: run test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/txloom-extras/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e examples/txloom-extras
 	touch $(STAMP)
 
 ## make run: start txloom's all-in-one node on embedded defaults (data under ./var)
@@ -19,12 +20,12 @@ run: $(STAMP)
 
 ## make test: lint, then the whole suite
 test: $(STAMP)
-	$(BIN)/ruff check src tests bench twisted
+	$(BIN)/ruff check src tests bench twisted examples
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench twisted
-	$(BIN)/ruff format --check src tests bench twisted
+	$(BIN)/ruff check src tests bench twisted examples
+	$(BIN)/ruff format --check src tests bench twisted examples
 
 bench: $(STAMP)
 	for b in bench/*_bench.py; do $(BIN)/python $$b || exit 1; done

@@ -34,6 +34,25 @@ class IRunnable(Interface):
         """
 
 
+class IExtensionFactory(Interface):
+    """Builds one kind of extension; found with ``twisted.plugin.getPlugins``.
+
+    A package adds a backend, a transport, a resolver... by shipping a dropin module under
+    ``twisted/plugins/`` that holds an instance of a class declaring the kind's factory
+    interface (``IStorageBackendFactory``, ``IRPCTransportFactory``, ...). ``txloom.extensions``
+    finds them by interface and chooses one by ``name``; the ``twistd`` plugins list what is
+    installed in their ``--help``. Each kind's factory interface adds its own build method.
+    Factories must be cheap to import: import the implementation inside the build method.
+    """
+
+    name = Attribute("Short unique name chosen on the command line, e.g. 'file' or 'sqlite'.")
+    description = Attribute("One line for --help.")
+    options = Attribute(
+        "The factory's own options: a ``twisted.python.usage.Options`` subclass, or None. "
+        "Parsed from ``key=value`` words given on the command line (see txloom.extensions)."
+    )
+
+
 # =============================================================================================
 # Store server (txloom.store)
 # =============================================================================================
@@ -189,35 +208,110 @@ class IWorkerLauncher(Interface):
 
 
 # =============================================================================================
-# Reverse RPC (txloom.rpc) -- see docs/rpc.md once built
+# Reverse RPC (txloom.rpc) -- see docs/rpc.md
 # =============================================================================================
+#
+# server: [IRPCServerTransport] --IRPCPeer--> IRPCPeerRegistry (Clients) <- callers
+# agent:  [IRPCClientTransport] --Request-->  IRPCDispatcher (Dispatcher) -> handlers
+#
+# Transports only move the four messages of ``txloom.wire.rpc``. Everything else (request
+# ids, timeouts, cancels, same-name replacement, auth, typed payloads) lives in the registry
+# and the dispatcher, so adding a transport changes neither.
 
 
 class IRPCPeer(Interface):
-    """The server's handle on one connected client, whatever transport carries it.
+    """The controller's handle on one connected agent, whatever transport carries it.
 
-    The client registry and the dispatcher see only this; a transport (stream, heartbeat
-    polling, long-poll) creates one per client session and feeds it the client's messages.
+    A server transport creates one per agent session and reports it to its
+    ``IRPCPeerRegistry``. ``send_request`` and ``send_cancel`` never block and never raise
+    for a slow agent: the transport buffers a bounded amount per peer (in bytes) and, past
+    it, closes the peer with a reason, which the registry sees as ``left``.
     """
 
-    name = Attribute("The name the client gave in its hello (unique among connected clients).")
+    name = Attribute("The name the agent gave in its hello.")
+    transport = Attribute("Which transport carries it: 'stream', 'heartbeat', 'longpoll', 'grpc'.")
+    address = Attribute("Where the agent connects from, for logs and ``list`` (a string).")
 
-    def send_request(request_id, type_name, timeout_ms, payload):  # type: ignore[misc]
-        """Queue ``{"request": {...}}`` for the client; never blocks, bounded per client."""
+    def send_request(request):  # type: ignore[misc]
+        """Queue a ``txloom.wire.rpc.Request`` for the agent (ids are the registry's)."""
 
     def send_cancel(request_id):  # type: ignore[misc]
-        """Queue ``{"cancel": request_id}`` for the client."""
+        """Queue ``Cancel(request_id)`` for the agent."""
 
-    def close(reason):  # type: ignore[misc]
-        """Drop the client (replaced by a newer connection, or shut down)."""
+    def close(code, reason):  # type: ignore[misc]
+        """Drop the agent (replaced by a newer session, refused, or shut down).
+
+        ``code`` is one of ``txloom.wire.rpc.ERROR_CODES``; the transport tells the agent
+        where its wire can (an error message, a gRPC status) before closing. The transport
+        does not report a peer it was told to close as ``left``.
+        """
+
+
+class IRPCPeerRegistry(Interface):
+    """What a server transport reports to: the controller's registry of agents (``Clients``).
+
+    Called on the reactor thread, in the order the transport received things.
+    """
+
+    def join(peer, hello):  # type: ignore[misc]
+        """An agent said hello (``txloom.wire.rpc.Hello``) on ``peer``.
+
+        Checks the token and the name; on refusal raises ``txloom.rpc.RPCError`` with the
+        code (``unauthenticated``, ``invalid_argument``) and the transport closes the peer
+        with it. A name already connected is replaced: the old peer is closed with
+        ``cancelled`` and its in-flight calls fail with ``cancelled``.
+        """
+
+    def received(peer, response):  # type: ignore[misc]
+        """A ``Response`` or ``ErrorResponse`` arrived on ``peer``; unknown ids are ignored."""
+
+    def left(peer, reason):  # type: ignore[misc]
+        """``peer``'s session ended (closed, cut, timed out); its in-flight calls fail."""
 
 
 class IRPCServerTransport(IRunnable):
-    """Accepts clients and reports their hellos and responses to a client registry."""
+    """Accepts agents and reports their hellos, responses and departures to a registry."""
+
+    name = Attribute("The transport's name: 'stream', 'heartbeat', 'longpoll', 'grpc'.")
+
+
+class IRPCDispatcher(Interface):
+    """What a client transport hands requests to: the agent's ``Dispatcher``."""
+
+    def dispatch(request):  # type: ignore[misc]
+        """Run the handler for a ``txloom.wire.rpc.Request``.
+
+        Returns a Deferred that always fires with a ``Response`` or an ``ErrorResponse``
+        (never fails). Cancelling the Deferred cancels the handler (its Deferred or
+        coroutine); the transport cancels it when the controller sends ``cancel`` or when
+        the session the request came on is gone for good.
+        """
 
 
 class IRPCClientTransport(IRunnable):
-    """Carries a client's hello and responses up and the server's requests down."""
+    """Carries an agent's hello and responses up and the controller's requests down.
+
+    Built with the agent's name, optional token and an ``IRPCDispatcher``. ``start``
+    connects (and keeps reconnecting with backoff and jitter until ``stop``); each new
+    session begins with a hello.
+    """
+
+    connected = Attribute("True while a session with the controller is established.")
+
+
+class IRPCTransportFactory(IExtensionFactory):
+    """Builds both ends of one RPC transport (found as a Twisted plugin)."""
+
+    schemes = Attribute(
+        "URL schemes of the agent's --connect URL that choose this transport, "
+        "e.g. ('tcp', 'unix', 'ssl') or ('grpc', 'grpcs')."
+    )
+
+    def server(registry, options):  # type: ignore[misc]
+        """An ``IRPCServerTransport`` reporting to ``registry`` (``options``: its Options)."""
+
+    def client(url, name, dispatcher, token, options):  # type: ignore[misc]
+        """An ``IRPCClientTransport`` for the controller at ``url``."""
 
 
 # =============================================================================================
@@ -233,6 +327,13 @@ class IAddressResolver(Interface):
 
     def resolve(address):  # type: ignore[misc]
         """Return a Deferred firing with a list of client endpoint strings (may be empty)."""
+
+
+class IAddressResolverFactory(IExtensionFactory):
+    """Builds an ``IAddressResolver`` (found as a Twisted plugin: ``--resolver NAME``)."""
+
+    def resolver(options):  # type: ignore[misc]
+        """An ``IAddressResolver`` configured by ``options`` (its Options, parsed)."""
 
 
 # =============================================================================================

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from support.waiting import until  # noqa: F401  (re-exported for the bus tests)
 from txloom.bus import Bus, Message, Pod
 
 
@@ -67,15 +68,3 @@ def within(d: Deferred, seconds: float = 10.0) -> Deferred:
     from twisted.internet import reactor
 
     return d.addTimeout(seconds, reactor)
-
-
-async def until(check: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Wait (checking every few ms, never longer than ``timeout``) until ``check()`` holds."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    deadline = reactor.seconds() + timeout
-    while not check():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-        await deferLater(reactor, 0.005, lambda: None)

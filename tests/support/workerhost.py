@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 
+from support.waiting import until
 from txloom.wire.cocaine import Decoder, Message, encode
 from txloom.worker.client import Service, connect
 from txloom.worker.host import WorkerHost
@@ -83,16 +84,9 @@ async def call(
         service.close()
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` on the reactor until it holds; fail after ``timeout`` seconds."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await deferLater(reactor, 0.02, lambda: None)
+async def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    """``support.waiting.until`` under the name the worker tests use."""
+    await until(predicate, timeout, what, interval=0.02)
 
 
 class LogCapture:

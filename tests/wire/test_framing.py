@@ -7,8 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from support.splits import split
-from txloom.wire.errors import FrameTooLarge, LocalProtocolError
-from txloom.wire.framing import U32_BE, U64_LE, LengthPrefixDecoder, encode_length_prefixed
+from txloom.wire.decoder import NEED_DATA, ConnectionClosed
+from txloom.wire.errors import FrameTooLarge, LocalProtocolError, TruncatedFrame
+from txloom.wire.framing import (
+    U32_BE,
+    U64_LE,
+    Frame,
+    LengthPrefixDecoder,
+    encode_length_prefixed,
+)
 
 prefixes = st.sampled_from([U32_BE, U64_LE])
 
@@ -23,8 +30,10 @@ def test_round_trip_any_split(prefix, payloads, cuts) -> None:
     for piece in split(stream, cuts):
         decoder.receive_data(piece)
         out.extend(decoder)
-    assert out == payloads
+    assert out == [Frame(p) for p in payloads]
     assert not decoder.in_frame
+    decoder.receive_eof()
+    assert list(decoder) == [ConnectionClosed()]
 
 
 @given(prefixes, st.binary(max_size=500))
@@ -32,8 +41,8 @@ def test_garbage_raises_only_frame_too_large(prefix, garbage) -> None:
     decoder = LengthPrefixDecoder(prefix, 64)
     decoder.receive_data(garbage)
     try:
-        for payload in decoder:
-            assert len(payload) <= 64
+        for event in decoder:
+            assert len(event.payload) <= 64
     except FrameTooLarge:
         pass
 
@@ -42,14 +51,19 @@ def test_huge_length_refused_from_prefix_alone() -> None:
     decoder = LengthPrefixDecoder(U64_LE, 100 * 1024 * 1024)
     decoder.receive_data(b"\xff" * 8)
     with pytest.raises(FrameTooLarge):
-        decoder.next_payload()
+        decoder.next_event()
+    with pytest.raises(FrameTooLarge):  # errors are sticky
+        decoder.next_event()
 
 
 def test_cut_frame_is_visible() -> None:
     decoder = LengthPrefixDecoder(U32_BE, 100)
     decoder.receive_data(encode_length_prefixed(U32_BE, b"hello", 100)[:-2])
-    assert decoder.next_payload() is None
+    assert decoder.next_event() is NEED_DATA
     assert decoder.in_frame
+    decoder.receive_eof()
+    with pytest.raises(TruncatedFrame):
+        decoder.next_event()
 
 
 def test_sender_refuses_oversize() -> None:

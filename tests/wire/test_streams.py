@@ -76,7 +76,7 @@ def test_frames_any_split() -> None:
     out = []
     for i in range(0, len(stream), 777):
         decoder.receive_data(stream[i : i + 777])
-        out.extend(decoder)
+        out.extend(event.payload for event in decoder)
     assert out == payloads
     assert not decoder.in_frame
 

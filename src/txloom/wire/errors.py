@@ -32,3 +32,11 @@ class FrameTooLarge(RemoteProtocolError):
         super().__init__(f"frame of {size} bytes exceeds the limit of {limit} bytes")
         self.size = size
         self.limit = limit
+
+
+class TruncatedFrame(RemoteProtocolError):
+    """The peer closed the stream in the middle of a frame: an error, never a clean end."""
+
+    def __init__(self, buffered: int) -> None:
+        super().__init__(f"stream ended inside a frame ({buffered} bytes of it received)")
+        self.buffered = buffered

@@ -9,18 +9,17 @@ peer announcing a huge frame costs nothing.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from dataclasses import dataclass
 
+from txloom.wire.decoder import NEED_DATA, Decoder, NeedData, ReceiveBuffer
 from txloom.wire.errors import FrameTooLarge, LocalProtocolError
 
-__all__ = ["U32_BE", "U64_LE", "LengthPrefixDecoder", "encode_length_prefixed"]
+__all__ = ["U32_BE", "U64_LE", "Frame", "LengthPrefixDecoder", "encode_length_prefixed"]
 
 #: The reverse-RPC stream transport's prefix.
 U32_BE = struct.Struct(">I")
 #: The nested-streams prefix.
 U64_LE = struct.Struct("<Q")
-
-_COMPACT_THRESHOLD = 64 * 1024
 
 
 def encode_length_prefixed(prefix: struct.Struct, payload: bytes, max_size: int) -> bytes:
@@ -30,54 +29,45 @@ def encode_length_prefixed(prefix: struct.Struct, payload: bytes, max_size: int)
     return prefix.pack(len(payload)) + payload
 
 
-class LengthPrefixDecoder:
-    """Incremental decoder: feed any split of the stream, take whole payloads out.
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One whole payload."""
 
-    ``in_frame`` tells whether bytes of an unfinished frame are buffered, which is how a
-    transport tells a clean end of stream (close after a whole frame) from a cut one.
+    payload: bytes
+
+
+class LengthPrefixDecoder(Decoder):
+    """``Frame`` events out of any split of the stream (see ``txloom.wire.decoder``).
+
+    Subclasses that give the payload a meaning override ``_event(payload)``.
     """
 
     def __init__(self, prefix: struct.Struct, max_size: int) -> None:
+        super().__init__()
         self.prefix = prefix
         self.max_size = max_size
-        self._buffer = bytearray()
-        self._pos = 0
-        self._error: FrameTooLarge | None = None
 
-    @property
-    def in_frame(self) -> bool:
-        """True if some bytes of a frame arrived but not all of it."""
-        return len(self._buffer) > self._pos
+    def _decode(self, buffer: ReceiveBuffer) -> object:
+        payload = self._payload(buffer)
+        if payload is None:
+            return NEED_DATA
+        return self._event(payload)
 
-    @property
-    def pending(self) -> int:
-        return len(self._buffer) - self._pos
+    def _event(self, payload: bytes) -> object:
+        return Frame(payload)
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        if self._error is None:
-            self._buffer += data
-
-    def next_payload(self) -> bytes | None:
-        """The next whole payload, or ``None`` until more bytes arrive."""
-        if self._error is not None:
-            raise self._error
-        buf, pos, head = self._buffer, self._pos, self.prefix.size
-        if len(buf) - pos < head:
+    def _payload(self, buffer: ReceiveBuffer) -> bytes | None:
+        head = buffer.unpack(self.prefix)
+        if head is None:
             return None
-        (size,) = self.prefix.unpack_from(buf, pos)
+        size = head[0]
         if size > self.max_size:
-            self._error = FrameTooLarge(size, self.max_size)
-            raise self._error
-        end = pos + head + size
-        if len(buf) < end:
+            raise FrameTooLarge(size, self.max_size)
+        if len(buffer) < self.prefix.size + size:
             return None
-        payload = bytes(memoryview(buf)[pos + head : end])
-        self._pos = end
-        if end >= _COMPACT_THRESHOLD:
-            del buf[:end]
-            self._pos = 0
-        return payload
+        return buffer.take(size, skip=self.prefix.size)
 
-    def __iter__(self) -> Iterator[bytes]:
-        while (payload := self.next_payload()) is not None:
-            yield payload
+    def next_payload(self) -> bytes | NeedData:
+        """The next payload itself, for callers that want bytes rather than ``Frame``."""
+        event = self.next_event()
+        return event.payload if isinstance(event, Frame) else event

@@ -9,7 +9,7 @@ checks every field's type, so the layers above never see a malformed message.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,7 @@ class InvalidMessage(RemoteProtocolError):
     """A well-framed body that is not one of the four messages."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hello:
     """First message of a client: who it is and where its request ids start."""
 
@@ -66,7 +66,7 @@ class Hello:
     token: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """The server asks the client to run the handler registered for ``type``."""
 
@@ -76,14 +76,14 @@ class Request:
     payload: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cancel:
     """The server gives up on request ``id``; the client cancels its handler."""
 
     id: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Response:
     """A handler's result."""
 
@@ -91,7 +91,7 @@ class Response:
     payload: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ErrorResponse:
     """A handler's failure, or the client's refusal to run it."""
 
@@ -229,15 +229,15 @@ def decode_batch(body: bytes) -> list[Message]:
     return [_from_map(item) for item in items]
 
 
-class RpcStreamDecoder:
-    """Messages out of a stream transport's bytes: any split, bounded frames."""
+class RpcStreamDecoder(LengthPrefixDecoder):
+    """Message events out of a stream transport's bytes: any split, bounded frames.
+
+    Events are the message dataclasses themselves (``Hello``, ``Request``, ...), then
+    ``ConnectionClosed`` at a clean end (see ``txloom.wire.decoder``).
+    """
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
-        self.frames = LengthPrefixDecoder(U32_BE, max_frame_size)
+        super().__init__(U32_BE, max_frame_size)
 
-    def receive_data(self, data: bytes) -> None:
-        self.frames.receive_data(data)
-
-    def __iter__(self) -> Iterator[Message]:
-        for body in self.frames:
-            yield decode_message(body)
+    def _event(self, payload: bytes) -> Message:
+        return decode_message(payload)

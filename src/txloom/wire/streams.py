@@ -71,7 +71,11 @@ def encode_frame(payload: bytes, limit: int = DEFAULT_FRAME_SIZE_LIMIT) -> bytes
 
 
 class StreamFrameDecoder(LengthPrefixDecoder):
-    """Frames out of a master or descendant connection; ``in_frame`` exposes a cut frame."""
+    """``Frame`` events out of a master or descendant connection.
+
+    A connection cut inside a frame raises ``TruncatedFrame`` once ``receive_eof()``
+    reports the close: a cut payload is an error, never a clean end (a defect of the model).
+    """
 
     def __init__(self, limit: int = DEFAULT_FRAME_SIZE_LIMIT) -> None:
         super().__init__(U64_LE, limit)
@@ -106,19 +110,19 @@ def decompress_payload(payload: bytes, limit: int = DEFAULT_FRAME_SIZE_LIMIT) ->
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hello:
     service: str
     tags: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Announce:
     channel: bytes
     compressed: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attach:
     channel: bytes
 

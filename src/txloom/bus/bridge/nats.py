@@ -22,7 +22,7 @@ dropped (outbox full, larger than the server allows), or reported when the bridg
 A publication in flight when a connection broke may reach NATS twice; the copy has the
 same uuid, and bridges drop it.
 
-nats-py is asyncio code; ``txloom.bus.bridge.loop`` runs it on the reactor's own loop under
+nats-py is asyncio code; ``txloom.aioloop`` runs it on the reactor's own loop under
 Twisted's asyncio reactor, or in a thread of its own under any other reactor.
 """
 
@@ -40,6 +40,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from txloom.aioloop import AsyncioRunner, runner_for
 from txloom.bus.bus import Bus
 from txloom.bus.message import Message
 from txloom.bus.seen import DEFAULT_SEEN_CAPACITY, SeenSet
@@ -47,7 +48,6 @@ from txloom.interfaces import IBridgeTransport
 from txloom.wire.grav import NotAMessage
 
 from .fence import FenceFailed, NoAnswer, fence, round_trip, written
-from .loop import AsyncioRunner, runner_for
 from .subjects import valid_subject
 
 __all__ = [

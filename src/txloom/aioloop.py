@@ -1,4 +1,4 @@
-"""Where asyncio client code (nats-py) runs, seen from the reactor.
+"""Where asyncio client code (nats-py, grpc.aio) runs, seen from the reactor.
 
 Two answers, chosen by the reactor in use:
 

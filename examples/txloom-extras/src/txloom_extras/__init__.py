@@ -1,0 +1,1 @@
+"""Example txloom extensions shipped by a separate distribution (see README.md)."""

@@ -1,0 +1,16 @@
+"""txloom's own extensions, found by ``txloom.extensions`` exactly as a third-party
+package's would be: one factory instance per extension, nothing else.
+
+Each factory imports its implementation only when it builds one, so loading this dropin
+stays cheap. Sections follow ``txloom.interfaces``.
+"""
+
+# Store server: IStorageBackendFactory
+
+# Worker host: IWorkerLauncherFactory
+
+# Reverse RPC: IRPCTransportFactory
+
+# Nested streams: IAddressResolverFactory
+
+# Bus node: IDiscoveryFactory, IMeshTransportFactory, IBridgeFactory
