@@ -1,0 +1,6 @@
+"""Twisted plugin dropin of the txloom-extras distribution.
+
+Twisted's plugin loader imports every module in a ``twisted/plugins`` directory on
+``sys.path`` and collects the module-level objects that provide a plugin interface; the
+factories this distribution offers to txloom are declared here.
+"""
