@@ -18,6 +18,8 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_PIPELINE",
     "DEFAULT_READER_THREADS",
+    "DEFAULT_STORAGE_RETRY_INITIAL",
+    "DEFAULT_STORAGE_RETRY_MAX",
     "DEFAULT_SUBSCRIBER_MAX_BYTES",
     "DEFAULT_SUBSCRIBER_MAX_EVENTS",
     "FsyncPolicy",
@@ -55,6 +57,13 @@ DEFAULT_OVERFLOW_CLOSE_TIMEOUT = 5.0
 #: replay has at most one read in flight, so this many replays progress at once and the
 #: rest wait their turn; appends have a thread of their own and never wait for readers.
 DEFAULT_READER_THREADS = 2
+
+#: After a write or fsync failed (a full disk, a device error), the backend refuses writes
+#: and tries to repair the end of its log after this many seconds, doubling the pause
+#: after each failed try up to ``DEFAULT_STORAGE_RETRY_MAX``: writes resume within that
+#: long of the cause going away, and a disk that stays broken is not hammered.
+DEFAULT_STORAGE_RETRY_INITIAL = 0.1
+DEFAULT_STORAGE_RETRY_MAX = 5.0
 
 #: Bytes kept free in the frame limit for the envelope around facts in an answer
 #: (``{"ok":true,"facts":[...],"next":N,...}``, a ``request_id``), so that a fact that was
@@ -120,6 +129,7 @@ class StoreConfig:
     overflow_close_timeout: float = DEFAULT_OVERFLOW_CLOSE_TIMEOUT
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     reader_threads: int = DEFAULT_READER_THREADS
+    storage_retry_max: float = DEFAULT_STORAGE_RETRY_MAX
 
     @property
     def max_fact_size(self) -> int:

@@ -223,6 +223,7 @@ class RequestRouter:
             "subscribers": len(factory.hub),
             "backend": backend.name,
             "fsync": str(getattr(backend, "fsync", "n/a")) if backend.durable else "n/a",
+            **backend.storage_status(),
         }
         return ok_frame(fields, _rid(request))
 

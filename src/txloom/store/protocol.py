@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txloom.store import errors
-from txloom.store.backend import StorageFailure
+from txloom.store.errors import StorageFailure
 from txloom.store.replies import MISSING, ReplyStream, error_frame, ok_frame
 from txloom.store.subscriptions import Subscriber, SubscriberQueue
 from txloom.wire.crcjson import ObjectDecoder
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["CloseAfter", "StoreServerProtocol"]
 
 _INTERNAL = "internal error; see the server log"
+_STORAGE = "storage failure; see the server log"
 _AUTH_FIRST = "authenticate first: send op auth with the token"
 
 
@@ -311,11 +312,12 @@ class StoreServerProtocol(Protocol):
             e = failure.value
             self._error(slot, e.code, e.message, request_id, e.close)
             return
-        self.log.failure("request failed", failure)
-        message = _INTERNAL
         if failure.check(StorageFailure):
-            message = "storage failure; see the server log"
-        self._error(slot, errors.INTERNAL_ERROR, message, request_id)
+            # logged once by the backend, with the state it is in
+            self._error(slot, errors.STORAGE_FAILED, _STORAGE, request_id)
+            return
+        self.log.failure("request failed", failure)
+        self._error(slot, errors.INTERNAL_ERROR, _INTERNAL, request_id)
 
     def _error(
         self, slot: _Slot, code: str, message: str, request_id: Any, close: bool = False

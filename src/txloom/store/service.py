@@ -46,6 +46,7 @@ def make_backend(config: StoreConfig, reactor: Any) -> StoreBackend:
             config.fsync,
             config.max_frame_size,
             reader_threads=config.reader_threads,
+            retry_max=config.storage_retry_max,
         )
     raise ValueError(f"unknown backend {config.backend!r} (file or memory)")
 

@@ -27,6 +27,7 @@ from txloom.store.config import (
     DEFAULT_MAX_PIPELINE,
     DEFAULT_OVERFLOW_CLOSE_TIMEOUT,
     DEFAULT_READER_THREADS,
+    DEFAULT_STORAGE_RETRY_MAX,
     DEFAULT_SUBSCRIBER_MAX_BYTES,
     DEFAULT_SUBSCRIBER_MAX_EVENTS,
     FsyncPolicy,
@@ -171,6 +172,15 @@ class Options(usage.Options):
             _positive_int("reader-threads"),
         ],
         [
+            "storage-retry-max",
+            None,
+            DEFAULT_STORAGE_RETRY_MAX,
+            "After a write or fsync failed (a full disk), writes are refused while the server "
+            "tries to repair the end of the log, first after 0.1 s, then doubling the pause up "
+            "to this many seconds; writes resume once a try succeeds.",
+            _positive_float("storage-retry-max"),
+        ],
+        [
             "drain-timeout",
             None,
             DEFAULT_DRAIN_TIMEOUT,
@@ -238,6 +248,7 @@ class Options(usage.Options):
             overflow_close_timeout=self["overflow-close-timeout"],
             drain_timeout=self["drain-timeout"],
             reader_threads=self["reader-threads"],
+            storage_retry_max=self["storage-retry-max"],
         )
 
 
