@@ -41,7 +41,7 @@ from txloom.store.errors import OperationFailed, StorageFailure
 from txloom.store.fact import FactMeta
 from txloom.store.index import FactIndex
 from txloom.store.loader import LoadedStore, load_store
-from txloom.store.replay import ReplayPlan
+from txloom.store.replay import ReplayPlan, select_and, select_page
 from txloom.store.threads import WorkerThreads
 from txloom.store.volumes import VolumeTable
 from txloom.store.wal import WriteAheadLog
@@ -546,7 +546,7 @@ class StoreBackend:
     ) -> ReplayPlan:
         """Facts numbered above ``since`` in sequence order, at most ``budget`` bytes."""
         index = self.index
-        return _select_page(
+        return select_page(
             index, len(index), self.volumes.pin(), since, stores, limit, budget, scan_limit
         )
 
@@ -567,41 +567,8 @@ class StoreBackend:
         pinned = self.volumes.pin()  # now: a compaction may retire volumes meanwhile
         args = (index, len(index), pinned, since, stores, limit, budget, scan_limit)
         if then is None:
-            return self.read(_select_page, *args)
-        return self.read(_select_and, then, *args)
-
-
-def _select_page(  # noqa: PLR0917 - runs on a reader thread with the reactor's view
-    index: FactIndex,
-    end: int,
-    pinned: dict[int, Any],
-    since: int,
-    stores: Iterable[str] | None,
-    limit: int | None,
-    budget: int,
-    scan_limit: int | None,
-) -> ReplayPlan:
-    """The page plan over the first ``end`` rows of ``index`` (safe on any thread)."""
-    try:
-        store_ids = None if stores is None else index.store_ids(stores)
-        if store_ids is not None and not store_ids:
-            # none of the named stores has a fact: an empty page that covers the index
-            last = index.seqs[end - 1] if end else 0
-            for volume in pinned.values():
-                volume.release()
-            return ReplayPlan(index, [], {}, next_seq=max(since, last), body_bytes=0)
-        rows, cursor, more = index.select(
-            since, store_ids, limit=limit, budget=budget, scan_limit=scan_limit, end=end
-        )
-    except BaseException:
-        for volume in pinned.values():
-            volume.release()
-        raise
-    return ReplayPlan(index, rows, pinned, next_seq=cursor, more=more)
-
-
-def _select_and(then: Callable[[ReplayPlan], Any], *args: Any) -> Any:
-    return then(_select_page(*args))
+            return self.read(select_page, *args)
+        return self.read(select_and, then, *args)
 
 
 def file_backend(

@@ -13,14 +13,15 @@ Reading may block on the disk, so the server reads plans on its reader threads
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
+from typing import Any
 
 from txloom.store.directory import Volume
 from txloom.store.index import FactIndex
 from txloom.store.threads import let_others_run
 
-__all__ = ["DEFAULT_BATCH_BYTES", "ReplayPlan"]
+__all__ = ["DEFAULT_BATCH_BYTES", "ReplayPlan", "select_and", "select_page"]
 
 #: Bytes of facts read and handed out per batch (one transport write, one pread or few).
 DEFAULT_BATCH_BYTES = 256 * 1024
@@ -162,3 +163,36 @@ class ReplayPlan:
         volumes, self._volumes = self._volumes, {}
         for volume in volumes.values():
             volume.release()
+
+
+def select_page(  # noqa: PLR0917 - runs on a reader thread with the reactor's view
+    index: FactIndex,
+    end: int,
+    pinned: dict[int, Any],
+    since: int,
+    stores: Iterable[str] | None,
+    limit: int | None,
+    budget: int,
+    scan_limit: int | None,
+) -> ReplayPlan:
+    """The page plan over the first ``end`` rows of ``index`` (safe on any thread)."""
+    try:
+        store_ids = None if stores is None else index.store_ids(stores)
+        if store_ids is not None and not store_ids:
+            # none of the named stores has a fact: an empty page that covers the index
+            last = index.seqs[end - 1] if end else 0
+            for volume in pinned.values():
+                volume.release()
+            return ReplayPlan(index, [], {}, next_seq=max(since, last), body_bytes=0)
+        rows, cursor, more = index.select(
+            since, store_ids, limit=limit, budget=budget, scan_limit=scan_limit, end=end
+        )
+    except BaseException:
+        for volume in pinned.values():
+            volume.release()
+        raise
+    return ReplayPlan(index, rows, pinned, next_seq=cursor, more=more)
+
+
+def select_and(then: Callable[[ReplayPlan], Any], *args: Any) -> Any:
+    return then(select_page(*args))
