@@ -25,8 +25,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txloom.store import errors
+from txloom.store.config import UNAUTHENTICATED_MAX_FRAME_SIZE
 from txloom.store.errors import StorageFailure
-from txloom.store.replies import MISSING, ReplyStream, error_frame, ok_frame
+from txloom.store.replies import (
+    MISSING,
+    ReplyStream,
+    error_frame,
+    ok_frame,
+    request_id_problem,
+)
 from txloom.store.subscriptions import Subscriber, SubscriberQueue
 from txloom.wire.crcjson import ObjectDecoder
 from txloom.wire.errors import FrameTooLarge, RemoteProtocolError
@@ -71,9 +78,23 @@ class StoreServerProtocol(Protocol):
         self.factory = factory
         config = factory.config
         self.router: RequestRouter = factory.router
-        self.decoder = ObjectDecoder(config.max_frame_size)
+        self.config = config
+        self.clock = factory.clock
         self.max_pipeline = config.max_pipeline
         self.authenticated = config.auth_token is None
+        frame_limit = config.max_frame_size
+        if not self.authenticated:
+            frame_limit = min(frame_limit, UNAUTHENTICATED_MAX_FRAME_SIZE)
+        self.decoder = ObjectDecoder(frame_limit)
+        #: Bytes of unfinished frames counted in the factory's ``partial_bytes``.
+        self.buffered = 0
+        self.opened_at = 0.0
+        self._last_activity = 0.0
+        # When the unfinished frame at the front of the buffer began, and the decoder's
+        # position then (a new frame after it restarts the clock).
+        self._frame_started: float | None = None
+        self._frame_mark = 0
+        self._watchdog: Any = None
         self.slots: deque[_Slot] = deque()
         #: A request that must wait until every earlier answer is out (replay...).
         self.held: dict[str, Any] | None = None
@@ -82,7 +103,8 @@ class StoreServerProtocol(Protocol):
         self.lost = False
         self.write_paused = False
         self._reading_paused = False
-        self._counted = False
+        #: True while the factory counts this connection.
+        self.counted = False
         self.peer = "?"
 
     # -- connection lifetime ------------------------------------------------------------
@@ -100,7 +122,9 @@ class StoreServerProtocol(Protocol):
             )
             self.transport.loseConnection()  # no producer registered yet
             return
-        self._counted = True
+        self.counted = True
+        self.opened_at = self._last_activity = self.clock.seconds()
+        self._arm_watchdog()
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             with contextlib.suppress(OSError, AttributeError):
@@ -112,6 +136,10 @@ class StoreServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True
         self.lost = True
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+        self._forget_buffer()
         if self.subscriber is not None:
             self.factory.hub.remove(self.subscriber)
             self.subscriber.queue.stopProducing()
@@ -120,9 +148,16 @@ class StoreServerProtocol(Protocol):
             frame = self.slots.popleft().frame
             if isinstance(frame, ReplyStream):
                 frame.close()
-        if self._counted:
-            self._counted = False
+        if self.counted:
             self.factory.release(self)
+
+    def evict(self) -> None:
+        """Make room for a newcomer: this connection never authenticated."""
+        self.closing = True
+        self._forget_buffer()
+        self.transport.write(error_frame(errors.OVERLOADED, "too many connections"))
+        self.lose_connection()
+        self.clock.callLater(self.config.auth_timeout, self._abort_if_open)
 
     def drain(self) -> None:
         """Shutting down: read no more requests; answers in flight still go out."""
@@ -187,13 +222,46 @@ class StoreServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
+        self._last_activity = self.clock.seconds()
         self.decoder.receive_data(data)
         self._process()
+        if (
+            not self.closing
+            and self.buffered
+            and self.factory.partial_bytes > self.config.max_partial_bytes
+        ):
+            # this peer's bytes pushed the total held for unfinished frames past the cap
+            self._forget_buffer()
+            self._fail_stream(
+                errors.OVERLOADED,
+                "the server holds too many unfinished frames; send again later",
+            )
 
     def _process(self) -> None:
+        try:
+            self._read_requests()
+        finally:
+            self._account()
+
+    def _account(self) -> None:
+        """Keep the factory's count of bytes held for unfinished frames up to date."""
+        pending = self.decoder.frames.pending
+        if pending != self.buffered:
+            self.factory.partial_bytes += pending - self.buffered
+            self.buffered = pending
+
+    def _forget_buffer(self) -> None:
+        """Drop whatever is buffered (the connection is going) and uncount it."""
+        self.factory.partial_bytes -= self.buffered
+        self.buffered = 0
+        self.decoder = ObjectDecoder(self.decoder.frames.max_frame_size)
+        self._frame_started = None
+
+    def _read_requests(self) -> None:
         decoder = self.decoder
         while not self.closing and self.held is None and not self.factory.draining:
             if len(self.slots) >= self.max_pipeline:
+                self._frame_started = None  # the peer waits for us, not we for it
                 self._pause_reading()
                 return
             try:
@@ -205,6 +273,7 @@ class StoreServerProtocol(Protocol):
                 self._fail_stream(errors.BAD_FRAME, str(e))
                 return
             if request is None:
+                self._frame_waiting()
                 return
             if self.subscriber is not None:
                 if request.get("op") == "close":
@@ -223,9 +292,27 @@ class StoreServerProtocol(Protocol):
         self.closing = True
         self._answer(_Slot(error_frame(code, message), close_after=True))
 
+    def _frame_waiting(self) -> None:
+        """The decoder needs more bytes: start the frame's clock if a frame has begun."""
+        frames = self.decoder.frames
+        if not frames.pending:
+            self._frame_started = None
+        elif self._frame_started is None or self._frame_mark != frames.consumed:
+            self._frame_started = self.clock.seconds()
+            self._frame_mark = frames.consumed
+            self._arm_watchdog()
+
     def _dispatch(self, request: dict[str, Any]) -> None:
         request_id = request.get("request_id", MISSING)
         op = request.get("op")
+        if request_id is not MISSING:
+            problem = request_id_problem(request_id)
+            if problem is not None:
+                if not self.authenticated:
+                    self._refuse_unauthenticated(MISSING)
+                else:
+                    self._answer(_Slot(error_frame(errors.INVALID_REQUEST, problem)))
+                return
         if not self.authenticated and op != "auth":
             self._refuse_unauthenticated(request_id)
             return
@@ -265,11 +352,89 @@ class StoreServerProtocol(Protocol):
         expected = self.factory.config.auth_token
         if expected is None:
             return True
-        ok = isinstance(token, str) and hmac.compare_digest(
-            token.encode("utf-8"), expected.encode("utf-8")
-        )
-        self.authenticated = self.authenticated or ok
+        try:
+            ok = isinstance(token, str) and hmac.compare_digest(
+                token.encode("utf-8"), expected.encode("utf-8")
+            )
+        except UnicodeEncodeError:  # a lone surrogate is no token
+            ok = False
+        if ok and not self.authenticated:
+            self.authenticated = True
+            self.decoder.frames.max_frame_size = self.config.max_frame_size
+            self.factory.authenticated(self)
         return ok
+
+    # -- deadlines ----------------------------------------------------------------------
+
+    def _next_deadline(self) -> float | None:
+        config = self.config
+        deadlines = []
+        if not self.authenticated:
+            deadlines.append(self.opened_at + config.auth_timeout)
+        if self._frame_started is not None:
+            deadlines.append(self._frame_started + config.frame_timeout)
+        if self.subscriber is None:
+            deadlines.append(self._last_activity + config.idle_timeout)
+        return min(deadlines) if deadlines else None
+
+    def _arm_watchdog(self) -> None:
+        """One timer per connection, set for the earliest deadline; moved earlier when a
+        nearer one appears, re-armed when it fires early (activity moved a deadline)."""
+        when = self._next_deadline()
+        if when is None or self.lost:
+            return
+        delay = max(0.0, when - self.clock.seconds())
+        watchdog = self._watchdog
+        if watchdog is not None and watchdog.active():
+            if watchdog.getTime() > when:
+                watchdog.reset(delay)
+            return
+        self._watchdog = self.clock.callLater(delay, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        self._watchdog = None
+        if self.closing:
+            return
+        config = self.config
+        now = self.clock.seconds()
+        if not self.authenticated and now >= self.opened_at + config.auth_timeout:
+            self._deadline_passed(
+                errors.UNAUTHORIZED,
+                f"not authenticated within {config.auth_timeout:g} s",
+                config.auth_timeout,
+            )
+            return
+        started = self._frame_started
+        if started is not None and now >= started + config.frame_timeout:
+            self._deadline_passed(
+                errors.BAD_FRAME,
+                f"frame not completed within {config.frame_timeout:g} s",
+                config.frame_timeout,
+            )
+            return
+        if self.subscriber is None and now >= self._last_activity + config.idle_timeout:
+            if self.slots or self.held is not None:
+                self._last_activity = now  # waiting for our answers is not idleness
+            else:
+                self.log.info(
+                    "closing connection from {peer}: idle for {seconds:g} s",
+                    peer=self.peer,
+                    seconds=config.idle_timeout,
+                )
+                self.lose_connection()
+                return
+        self._arm_watchdog()
+
+    def _deadline_passed(self, code: str, message: str, grace: float) -> None:
+        """Answer (after earlier answers) and close; a peer that does not take the
+        answer within ``grace`` more seconds is cut off."""
+        self._forget_buffer()
+        self._fail_stream(code, message)
+        self.clock.callLater(grace, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self.lost:
+            self.transport.abortConnection()
 
     # -- answers ------------------------------------------------------------------------
 
@@ -352,6 +517,7 @@ class StoreServerProtocol(Protocol):
                 self.lose_connection()
                 return
         if not slots:
+            self._last_activity = self.clock.seconds()
             if self.held is not None:
                 request, self.held = self.held, None
                 self._dispatch(request)

@@ -22,9 +22,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txloom.store.config import MAX_REQUEST_ID_BYTES
 from txloom.store.errors import error_response
 from txloom.store.replay import ReplayPlan
 from txloom.wire.crcjson import encode_object
+from txloom.wire.errors import LocalProtocolError
 
 __all__ = [
     "DEFAULT_READ_AHEAD",
@@ -35,6 +37,7 @@ __all__ = [
     "error_frame",
     "ok_frame",
     "replay_envelope",
+    "request_id_problem",
 ]
 
 _U32 = struct.Struct(">I")
@@ -83,10 +86,29 @@ def ok_frame(fields: dict[str, Any] | None = None, request_id: Any = MISSING) ->
 
 
 def error_frame(code: str, message: str, request_id: Any = MISSING) -> bytes:
+    """The error answer; a message quoting what the peer sent (a lone surrogate, say)
+    is escaped rather than left unanswerable."""
     body = error_response(code, message)
     if request_id is not MISSING:
         body["request_id"] = request_id
-    return encode_object(body)
+    try:
+        return encode_object(body)
+    except LocalProtocolError:
+        body["error"] = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return encode_object(body)
+
+
+def request_id_problem(request_id: Any) -> str | None:
+    """Why ``request_id`` cannot be echoed (not finite, not UTF-8, too long), or None."""
+    try:
+        text = json.dumps(request_id, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        size = len(text.encode("utf-8"))
+    except (TypeError, ValueError) as e:
+        kind = "a non-finite number" if "Out of range" in str(e) else "not valid UTF-8 JSON"
+        return f"request_id cannot be echoed: it is {kind}"
+    if size > MAX_REQUEST_ID_BYTES:
+        return f"request_id of {size} bytes is above the limit of {MAX_REQUEST_ID_BYTES}"
+    return None
 
 
 def replay_envelope(

@@ -63,6 +63,10 @@ class StoreServerFactory(Factory):
         self.hub = SubscriptionHub(backend, clock)
         self.router = RequestRouter(self)
         self.connections: set[StoreServerProtocol] = set()
+        #: Connections that have not authenticated yet, oldest first.
+        self.unauthenticated: dict[StoreServerProtocol, None] = {}
+        #: Bytes of unfinished frames held across all connections.
+        self.partial_bytes = 0
         self.facts_written = 0
         self.started = time.monotonic()
         self.ready = False
@@ -74,7 +78,25 @@ class StoreServerFactory(Factory):
         return StoreServerProtocol(self)
 
     def admit(self, conn: StoreServerProtocol) -> bool:
-        if len(self.connections) >= self.config.max_connections:
+        """Take ``conn`` in, or refuse it (``overloaded``) at the connection cap.
+
+        A connection that has not authenticated never keeps a newcomer out: past
+        either cap, the oldest of them makes room (it may hold a slot for at most the
+        auth timeout anyway), so a client with the token always gets in.
+        """
+        config = self.config
+        full = len(self.connections) >= config.max_connections
+        if not conn.authenticated and len(self.unauthenticated) >= config.max_unauthenticated:
+            full = True
+        if full and self.unauthenticated:
+            oldest = next(iter(self.unauthenticated))
+            self.log.info(
+                "closing unauthenticated connection from {peer} to make room",
+                peer=oldest.peer,
+            )
+            self.release(oldest)
+            oldest.evict()
+        elif full:
             self.log.warn(
                 "refused a connection from {peer}: {n} connections open (limit)",
                 peer=conn.peer,
@@ -82,13 +104,22 @@ class StoreServerFactory(Factory):
             )
             return False
         self.connections.add(conn)
+        if not conn.authenticated:
+            self.unauthenticated[conn] = None
         if not self.ready:
             # recovery still running: hold the connection's requests until it is done
             conn.transport.pauseProducing()
             self._waiting.append(conn)
         return True
 
+    def authenticated(self, conn: StoreServerProtocol) -> None:
+        self.unauthenticated.pop(conn, None)
+
     def release(self, conn: StoreServerProtocol) -> None:
+        if conn not in self.connections:
+            return
+        conn.counted = False
+        self.unauthenticated.pop(conn, None)
         self.connections.discard(conn)
         if self._all_closed is not None and not self.connections:
             d, self._all_closed = self._all_closed, None

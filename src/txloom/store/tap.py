@@ -20,11 +20,16 @@ from twisted.python import usage
 
 from txloom.shutdown import CleanExitOnSignal
 from txloom.store.config import (
+    DEFAULT_AUTH_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LISTEN,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_PARTIAL_BYTES,
     DEFAULT_MAX_PIPELINE,
+    DEFAULT_MAX_UNAUTHENTICATED,
     DEFAULT_OVERFLOW_CLOSE_TIMEOUT,
     DEFAULT_READER_THREADS,
     DEFAULT_STORAGE_RETRY_MAX,
@@ -35,6 +40,7 @@ from txloom.store.config import (
     StoreConfig,
 )
 from txloom.store.service import StoreService
+from txloom.wire.crcjson import FRAME_OVERHEAD
 
 __all__ = ["Options", "makeService"]
 
@@ -124,6 +130,48 @@ class Options(usage.Options):
             DEFAULT_MAX_PIPELINE,
             "Requests one connection may have unanswered before the server stops reading from it.",
             _positive_int("max-pipeline"),
+        ],
+        [
+            "max-unauthenticated",
+            None,
+            DEFAULT_MAX_UNAUTHENTICATED,
+            "Connections that have not authenticated yet (with --auth-token-file). Past this, "
+            "or at --max-connections, the oldest of them is closed to make room, so a client "
+            "with the token always gets in.",
+            _positive_int("max-unauthenticated"),
+        ],
+        [
+            "max-partial-bytes",
+            None,
+            DEFAULT_MAX_PARTIAL_BYTES,
+            "Bytes of unfinished frames held across all connections; the connection whose "
+            "bytes would pass it is answered 'overloaded' and closed. At least "
+            "--max-frame-size plus 8.",
+            _positive_int("max-partial-bytes"),
+        ],
+        [
+            "auth-timeout",
+            None,
+            DEFAULT_AUTH_TIMEOUT,
+            "Seconds a connection has to authenticate (with --auth-token-file) before it "
+            "is answered 'unauthorized' and closed.",
+            _positive_float("auth-timeout"),
+        ],
+        [
+            "idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds a connection may send nothing while nothing is in flight before it is "
+            "closed (push connections excepted).",
+            _positive_float("idle-timeout"),
+        ],
+        [
+            "frame-timeout",
+            None,
+            DEFAULT_FRAME_TIMEOUT,
+            "Seconds a frame may take from its first byte to its last before the "
+            "connection is answered 'bad_frame' and closed.",
+            _positive_float("frame-timeout"),
         ],
         [
             "auth-token-file",
@@ -220,6 +268,11 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         if self["max-frame-size"] < MIN_FRAME_SIZE:
             raise usage.UsageError(f"--max-frame-size must be at least {MIN_FRAME_SIZE}")
+        if self["max-partial-bytes"] < self["max-frame-size"] + FRAME_OVERHEAD:
+            raise usage.UsageError(
+                "--max-partial-bytes must be at least --max-frame-size plus 8, or no "
+                "frame of the largest size could ever be received"
+            )
         if self["slow-subscriber"] not in SlowSubscriberPolicy.ALL:
             raise usage.UsageError(
                 f"--slow-subscriber must be disconnect or skip, not {self['slow-subscriber']!r}"
@@ -241,6 +294,11 @@ class Options(usage.Options):
             max_frame_size=self["max-frame-size"],
             max_connections=self["max-connections"],
             max_pipeline=self["max-pipeline"],
+            max_unauthenticated=self["max-unauthenticated"],
+            max_partial_bytes=self["max-partial-bytes"],
+            auth_timeout=self["auth-timeout"],
+            idle_timeout=self["idle-timeout"],
+            frame_timeout=self["frame-timeout"],
             auth_token=token,
             subscriber_max_events=self["subscriber-max-events"],
             subscriber_max_bytes=self["subscriber-max-bytes"],

@@ -86,9 +86,9 @@ def encode_body(obj: Mapping[str, Any]) -> bytes:
     """Serialise ``obj`` as compact UTF-8 JSON; NaN and infinities are refused."""
     try:
         text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as e:
+        return text.encode("utf-8")
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError (lone surrogates) included
         raise LocalProtocolError(f"cannot encode as JSON: {e}") from e
-    return text.encode("utf-8")
 
 
 def encode_object(obj: Mapping[str, Any], max_frame_size: int | None = None) -> bytes:
