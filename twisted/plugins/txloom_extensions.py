@@ -6,6 +6,10 @@ stays cheap. Sections follow ``txloom.interfaces``.
 """
 
 # Store server: IStorageBackendFactory
+from txloom.store.factories import FileBackendFactory, MemoryBackendFactory
+
+file_backend = FileBackendFactory()
+memory_backend = MemoryBackendFactory()
 
 # Worker host: IWorkerLauncherFactory
 

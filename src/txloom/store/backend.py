@@ -36,9 +36,10 @@ from txloom.store.config import (
     DEFAULT_STORAGE_RETRY_MAX,
     FsyncPolicy,
 )
-from txloom.store.directory import Directory, FileDirectory, MemoryDirectory
+from txloom.store.directory import Directory
 from txloom.store.errors import OperationFailed, StorageFailure
 from txloom.store.fact import FactMeta
+from txloom.store.factories import file_backend, memory_backend
 from txloom.store.index import FactIndex
 from txloom.store.loader import LoadedStore, load_store
 from txloom.store.replay import ReplayPlan, select_and, select_page
@@ -189,10 +190,15 @@ class StoreBackend:
         if self.directory is None:
             self.directory = self._open_directory()
 
+    @property
+    def location(self) -> str:
+        return self.directory.describe() if self.directory is not None else self.name
+
     def open(self) -> defer.Deferred:
+        """Recover; fires with a one-line summary (``self.loaded`` has the details)."""
         return defer.Deferred.fromCoroutine(self._open())
 
-    async def _open(self) -> LoadedStore:
+    async def _open(self) -> str:
         self.prepare()
         assert self.directory is not None
         for threads in (self._writer, self._readers, self._maintainer):
@@ -213,7 +219,15 @@ class StoreBackend:
             self._syncer = task.LoopingCall(self._interval_sync)
             self._syncer.clock = self.reactor
             self._syncer.start(self.fsync.interval_ms / 1000.0, now=False)
-        return loaded
+        report = loaded.report
+        cut = ""
+        if report.cut_bytes:
+            cut = f"; cut {report.cut_bytes} damaged bytes, salvaged {len(report.salvaged)} facts"
+        return (
+            f"recovered {len(loaded.index)} facts (last seq {loaded.next_seq - 1}) in "
+            f"{loaded.seconds * 1000:.0f} ms: {report.frames} WAL frames in {report.segments} "
+            f"segments ({report.bytes} bytes), {loaded.snapshot_rows} snapshot facts{cut}"
+        )
 
     def close(self) -> defer.Deferred:
         """Finish every queued write and task, fsync, release the files."""
@@ -550,11 +564,10 @@ class StoreBackend:
             index, len(index), self.volumes.pin(), since, stores, limit, budget, scan_limit
         )
 
-    def page(
+    def page(  # noqa: PLR0917 - IStorageBackend.page
         self,
         since: int,
         stores: Iterable[str] | None,
-        *,
         limit: int | None,
         budget: int,
         scan_limit: int | None = None,
@@ -565,41 +578,8 @@ class StoreBackend:
         plan); fires with the plan, or with what ``then`` returned."""
         index = self.index
         pinned = self.volumes.pin()  # now: a compaction may retire volumes meanwhile
-        args = (index, len(index), pinned, since, stores, limit, budget, scan_limit)
+        covered = self._committed_seq
+        args = (index, len(index), pinned, since, stores, limit, budget, scan_limit, covered)
         if then is None:
             return self.read(select_page, *args)
         return self.read(select_and, then, *args)
-
-
-def file_backend(
-    reactor: Any,
-    path: str,
-    fsync: FsyncPolicy | None = None,
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-    *,
-    reader_threads: int = DEFAULT_READER_THREADS,
-    retry_max: float = DEFAULT_STORAGE_RETRY_MAX,
-) -> StoreBackend:
-    """The durable backend: WAL and snapshot files in ``path``, written by one thread."""
-    return StoreBackend(
-        reactor,
-        lambda: FileDirectory(path),
-        name="file",
-        fsync=fsync,
-        threaded=True,
-        max_frame_size=max_frame_size,
-        reader_threads=reader_threads,
-        retry_max=retry_max,
-    )
-
-
-def memory_backend(reactor: Any, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> StoreBackend:
-    """Facts in process memory, same semantics as ``file``, gone at exit."""
-    return StoreBackend(
-        reactor,
-        MemoryDirectory,
-        name="memory",
-        fsync=FsyncPolicy("never"),
-        threaded=False,
-        max_frame_size=max_frame_size,
-    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from txloom.wire.crcjson import DEFAULT_MAX_FRAME_SIZE
 
@@ -157,7 +158,10 @@ class StoreConfig:
 
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     data_dir: str = "var/store"
+    #: The storage backend's factory name (``IStorageBackendFactory``) and its parsed
+    #: options; ``StoreService`` builds it unless it is handed a backend.
     backend: str = "file"
+    backend_options: Any = None
     fsync: FsyncPolicy = field(default_factory=FsyncPolicy)
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_connections: int = DEFAULT_MAX_CONNECTIONS

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
+from txloom.interfaces import IReplayPlan
 from txloom.store import errors
 from txloom.store.errors import RequestError
 from txloom.store.fact import InvalidFact, encode_fact, meta_of, normalize_fact
 from txloom.store.protocol import CloseAfter
-from txloom.store.replay import ReplayPlan
 from txloom.store.replies import (
     MISSING,
     OK,
@@ -152,7 +152,7 @@ class RequestRouter:
         if any(request.get(k) is not None for k in ("stores", "since", "limit")):
             budget = self.config.max_frame_size - envelope_size(request_id)
 
-            def first_page(plan: ReplayPlan) -> ReplyStream:
+            def first_page(plan: IReplayPlan) -> ReplyStream:
                 stream = self._stream(plan, True, request_id)
                 try:
                     stream.read_first()
@@ -167,7 +167,7 @@ class RequestRouter:
             )
         return self._stream(self.backend.plan_replay(), False, request_id)
 
-    def _stream(self, plan: ReplayPlan, paged: bool, request_id: Any) -> ReplyStream:
+    def _stream(self, plan: IReplayPlan, paged: bool, request_id: Any) -> ReplyStream:
         """The answer to a replay, read on the backend's reader threads as it goes out
         (built on whichever thread planned it; it touches nothing shared)."""
         max_frame = self.config.max_frame_size
@@ -222,7 +222,7 @@ class RequestRouter:
             "facts": backend.fact_count,
             "subscribers": len(factory.hub),
             "backend": backend.name,
-            "fsync": str(getattr(backend, "fsync", "n/a")) if backend.durable else "n/a",
+            "fsync": str(backend.fsync) if backend.durable else "n/a",
             **backend.storage_status(),
         }
         return ok_frame(fields, _rid(request))

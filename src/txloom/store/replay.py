@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import Any
 
+from zope.interface import implementer
+
+from txloom.interfaces import IReplayPlan
 from txloom.store.directory import Volume
 from txloom.store.index import FactIndex
 from txloom.store.threads import let_others_run
@@ -31,6 +34,7 @@ DEFAULT_BATCH_BYTES = 256 * 1024
 _COALESCE_GAP = 64
 
 
+@implementer(IReplayPlan)
 class ReplayPlan:
     """The facts of one replay (or one page of it), in answer order."""
 
@@ -158,6 +162,13 @@ class ReplayPlan:
             total += s
         return total
 
+    def numbered_batches(self) -> Iterator[list[tuple[int, bytes]]]:
+        """``batches`` with each body's sequence number."""
+        seqs = self.index.seqs
+        rows = iter(self.rows)
+        for batch in self.batches():
+            yield [(seqs[next(rows)], body) for body in batch]
+
     def close(self) -> None:
         """Let go of the pinned volumes (idempotent)."""
         volumes, self._volumes = self._volumes, {}
@@ -174,8 +185,13 @@ def select_page(  # noqa: PLR0917 - runs on a reader thread with the reactor's v
     limit: int | None,
     budget: int,
     scan_limit: int | None,
+    covered: int = 0,
 ) -> ReplayPlan:
-    """The page plan over the first ``end`` rows of ``index`` (safe on any thread)."""
+    """The page plan over the first ``end`` rows of ``index`` (safe on any thread).
+
+    ``covered``: the newest number committed when those rows were taken; a last page
+    continues from there (facts after the last row may be hidden by the snapshot).
+    """
     try:
         store_ids = None if stores is None else index.store_ids(stores)
         if store_ids is not None and not store_ids:
@@ -183,7 +199,7 @@ def select_page(  # noqa: PLR0917 - runs on a reader thread with the reactor's v
             last = index.seqs[end - 1] if end else 0
             for volume in pinned.values():
                 volume.release()
-            return ReplayPlan(index, [], {}, next_seq=max(since, last), body_bytes=0)
+            return ReplayPlan(index, [], {}, next_seq=max(since, last, covered), body_bytes=0)
         rows, cursor, more = index.select(
             since, store_ids, limit=limit, budget=budget, scan_limit=scan_limit, end=end
         )
@@ -191,6 +207,8 @@ def select_page(  # noqa: PLR0917 - runs on a reader thread with the reactor's v
         for volume in pinned.values():
             volume.release()
         raise
+    if not more:
+        cursor = max(cursor, covered)
     return ReplayPlan(index, rows, pinned, next_seq=cursor, more=more)
 
 

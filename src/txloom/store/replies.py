@@ -22,9 +22,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txloom.interfaces import IReplayPlan
 from txloom.store.config import MAX_REQUEST_ID_BYTES
 from txloom.store.errors import error_response
-from txloom.store.replay import ReplayPlan
 from txloom.wire.crcjson import encode_object
 from txloom.wire.errors import LocalProtocolError
 
@@ -112,7 +112,7 @@ def request_id_problem(request_id: Any) -> str | None:
 
 
 def replay_envelope(
-    plan: ReplayPlan, paged: bool, request_id: Any = MISSING
+    plan: IReplayPlan, paged: bool, request_id: Any = MISSING
 ) -> tuple[bytes, bytes]:
     """The bytes before and after the facts of a replay answer."""
     suffix = b"]"
@@ -127,7 +127,7 @@ def envelope_size(request_id: Any = MISSING) -> int:
     return len(largest) + len(_request_id_suffix(request_id))
 
 
-def frame_pieces(plan: ReplayPlan, prefix: bytes, suffix: bytes, length: int) -> Iterator[bytes]:
+def frame_pieces(plan: IReplayPlan, prefix: bytes, suffix: bytes, length: int) -> Iterator[bytes]:
     """The frame ``length | prefix facts,... suffix | crc`` in pieces (reads the disk)."""
     crc = zlib.crc32(prefix)
     held = _U32.pack(length) + prefix
@@ -174,7 +174,7 @@ class ReplyStream:
 
     def __init__(
         self,
-        plan: ReplayPlan,
+        plan: IReplayPlan,
         prefix: bytes,
         suffix: bytes,
         read: Reader = read_inline,

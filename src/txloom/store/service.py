@@ -21,8 +21,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txloom import extensions
+from txloom.interfaces import IStorageBackend, IStorageBackendFactory
 from txloom.shutdown import stop_and_exit
-from txloom.store.backend import StoreBackend, file_backend, memory_backend
 from txloom.store.config import StoreConfig
 from txloom.store.directory import DataDirectoryLocked
 from txloom.store.ops import RequestRouter
@@ -36,19 +37,13 @@ class StoreStartError(RuntimeError):
     """The server cannot start (port in use, data directory locked, damaged files)."""
 
 
-def make_backend(config: StoreConfig, reactor: Any) -> StoreBackend:
-    if config.backend == "memory":
-        return memory_backend(reactor, config.max_frame_size)
-    if config.backend == "file":
-        return file_backend(
-            reactor,
-            config.data_dir,
-            config.fsync,
-            config.max_frame_size,
-            reader_threads=config.reader_threads,
-            retry_max=config.storage_retry_max,
-        )
-    raise ValueError(f"unknown backend {config.backend!r} (file or memory)")
+def make_backend(config: StoreConfig, reactor: Any) -> IStorageBackend:
+    """The backend ``config.backend`` names, built by its installed factory."""
+    factory = extensions.available(IStorageBackendFactory).get(config.backend)
+    if factory is None:
+        installed = ", ".join(extensions.available(IStorageBackendFactory)) or "none"
+        raise ValueError(f"unknown backend {config.backend!r} (installed: {installed})")
+    return factory.backend(reactor, config, config.backend_options)
 
 
 class StoreServerFactory(Factory):
@@ -56,7 +51,7 @@ class StoreServerFactory(Factory):
 
     log = Logger()
 
-    def __init__(self, backend: StoreBackend, config: StoreConfig, clock: Any) -> None:
+    def __init__(self, backend: IStorageBackend, config: StoreConfig, clock: Any) -> None:
         self.backend = backend
         self.config = config
         self.clock = clock
@@ -180,7 +175,9 @@ class StoreService(MultiService):
 
     ``ready`` fires with the listening addresses once the server answers requests (or
     fails with ``StoreStartError``). With ``exit_on_failure`` (under twistd) a start
-    failure logs one line and ends the process with status 1.
+    failure logs one line and ends the process with status 1. ``backend`` (any
+    ``IStorageBackend``) is used as given; without it, the one ``config.backend`` names
+    is built by its factory.
     """
 
     log = Logger()
@@ -190,6 +187,7 @@ class StoreService(MultiService):
         config: StoreConfig,
         reactor: Any = None,
         *,
+        backend: IStorageBackend | None = None,
         exit_on_failure: bool = False,
     ) -> None:
         super().__init__()
@@ -198,7 +196,7 @@ class StoreService(MultiService):
         self.reactor = reactor
         self.config = config
         self.exit_on_failure = exit_on_failure
-        self.backend = make_backend(config, reactor)
+        self.backend = backend if backend is not None else make_backend(config, reactor)
         self.factory = StoreServerFactory(self.backend, config, reactor)
         self.ports: list[IListeningPort] = []
         self.addresses: list[str] = []
@@ -229,9 +227,7 @@ class StoreService(MultiService):
                     )
                 self.ports.append(result[0])
                 self.addresses.append(describe_address(description, result[0]))
-            prepare = getattr(self.backend, "prepare", None)
-            if prepare is not None:  # open and lock the data directory now
-                prepare()
+            self.backend.prepare()  # open and lock the data directory now
         except (StoreStartError, DataDirectoryLocked, OSError, ValueError) as e:
             for port in self.ports:
                 port.stopListening()
@@ -254,43 +250,26 @@ class StoreService(MultiService):
         self._starting = defer.Deferred.fromCoroutine(self._open())
 
     async def _open(self) -> None:
-        config = self.config
+        backend = self.backend
         self.log.info(
             "storeserver: backend {backend} in {where}, fsync {fsync}, frame limit {frame} bytes",
-            backend=config.backend,
-            where=config.data_dir if config.backend == "file" else "memory",
-            fsync=str(config.fsync) if config.backend == "file" else "n/a",
-            frame=config.max_frame_size,
+            backend=backend.name,
+            where=backend.location,
+            fsync=str(backend.fsync) if backend.durable else "n/a",
+            frame=self.config.max_frame_size,
         )
         try:
-            loaded = await self.backend.open()
+            summary = await backend.open()
         except Exception as e:
             self.log.failure("recovery failed")
-            reason = f"recovery of {config.data_dir} failed: {e}"
+            reason = f"recovery of {backend.location} failed: {e}"
             if self.exit_on_failure:
                 self.log.critical("storeserver cannot start: {reason}", reason=reason)
                 stop_and_exit(self.reactor, 1)
             if not self.ready.called:
                 self.ready.errback(StoreStartError(reason))
             return
-        report = loaded.report
-        self.log.info(
-            "recovered {facts} facts (last seq {last}) in {ms:.0f} ms: {frames} WAL frames in "
-            "{segments} segments ({size} bytes), {snapshot} snapshot facts"
-            "{cut}",
-            facts=len(loaded.index),
-            last=loaded.next_seq - 1,
-            ms=loaded.seconds * 1000,
-            frames=report.frames,
-            segments=report.segments,
-            size=report.bytes,
-            snapshot=loaded.snapshot_rows,
-            cut=(
-                f"; cut {report.cut_bytes} damaged bytes, salvaged {len(report.salvaged)} facts"
-                if report.cut_bytes
-                else ""
-            ),
-        )
+        self.log.info("{summary}", summary=summary)
         self.factory.set_ready()
         for address in self.addresses:
             self.log.info("storeserver listening on {address}", address=address)

@@ -18,6 +18,8 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from txloom import extensions
+from txloom.interfaces import IStorageBackendFactory
 from txloom.shutdown import CleanExitOnSignal
 from txloom.store.config import (
     DEFAULT_AUTH_TIMEOUT,
@@ -76,7 +78,7 @@ def _positive_float(name: str) -> Any:
 
 
 class Options(usage.Options):
-    synopsis = "[--listen ENDPOINT]... [--data DIR] [--backend file|memory] [options]"
+    synopsis = "[--listen ENDPOINT]... [--data DIR] [--backend NAME] [options]"
     longdesc = (
         "Durable fact store server speaking the Igniter store wire protocol (CRC32-framed "
         "JSON). Facts are appended to a write-ahead log in --data and acknowledged once "
@@ -97,8 +99,9 @@ class Options(usage.Options):
             "backend",
             "b",
             "file",
-            "Where facts live: 'file' (WAL and snapshots in --data, survives restarts) or "
-            "'memory' (same protocol, nothing kept after exit).",
+            "Where facts live, by the name of an installed storage backend: "
+            + extensions.describe(IStorageBackendFactory)
+            + ". Packages add more as Twisted plugins (docs/extending.md).",
         ],
         [
             "fsync",
@@ -240,6 +243,13 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["backend-option"] = []
+
+    def opt_backend_option(self, word: str) -> None:
+        """KEY=VALUE setting of the chosen backend (repeat for several), e.g.
+        --backend sqlite --backend-option path=facts.db; see that backend's docs.
+        """
+        self["backend-option"].append(word)
 
     def opt_listen(self, description: str) -> None:
         """Twisted endpoint to listen on; repeat for several (TCP, Unix, TLS), e.g.
@@ -260,8 +270,10 @@ class Options(usage.Options):
                 serverFromString(reactor, description)
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError(f"--listen {description!r}: {e}") from None
-        if self["backend"] not in ("file", "memory"):
-            raise usage.UsageError(f"--backend must be file or memory, not {self['backend']!r}")
+        backend = extensions.choose(IStorageBackendFactory, self["backend"], "--backend")
+        backend_options = extensions.parse_options(
+            backend, self["backend-option"], "--backend-option"
+        )
         try:
             fsync = FsyncPolicy.parse(self["fsync"])
         except ValueError as e:
@@ -290,6 +302,7 @@ class Options(usage.Options):
             listen=list(self["listen"]),
             data_dir=self["data"],
             backend=self["backend"],
+            backend_options=backend_options,
             fsync=fsync,
             max_frame_size=self["max-frame-size"],
             max_connections=self["max-connections"],

@@ -4,3 +4,7 @@ Twisted's plugin loader imports every module in a ``twisted/plugins`` directory 
 ``sys.path`` and collects the module-level objects that provide a plugin interface; the
 factories this distribution offers to txloom are declared here.
 """
+
+from txloom_extras.factories import SQLiteBackendFactory
+
+sqlite_backend = SQLiteBackendFactory()
