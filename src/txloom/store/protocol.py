@@ -245,7 +245,7 @@ class StoreServerProtocol(Protocol):
 
     def _account(self) -> None:
         """Keep the factory's count of bytes held for unfinished frames up to date."""
-        pending = self.decoder.frames.pending
+        pending = self.decoder.pending
         if pending != self.buffered:
             self.factory.partial_bytes += pending - self.buffered
             self.buffered = pending
@@ -254,7 +254,7 @@ class StoreServerProtocol(Protocol):
         """Drop whatever is buffered (the connection is going) and uncount it."""
         self.factory.partial_bytes -= self.buffered
         self.buffered = 0
-        self.decoder = ObjectDecoder(self.decoder.frames.max_frame_size)
+        self.decoder = ObjectDecoder(self.decoder.max_frame_size)
         self._frame_started = None
 
     def _read_requests(self) -> None:
@@ -294,7 +294,7 @@ class StoreServerProtocol(Protocol):
 
     def _frame_waiting(self) -> None:
         """The decoder needs more bytes: start the frame's clock if a frame has begun."""
-        frames = self.decoder.frames
+        frames = self.decoder
         if not frames.pending:
             self._frame_started = None
         elif self._frame_started is None or self._frame_mark != frames.consumed:
@@ -360,7 +360,7 @@ class StoreServerProtocol(Protocol):
             ok = False
         if ok and not self.authenticated:
             self.authenticated = True
-            self.decoder.frames.max_frame_size = self.config.max_frame_size
+            self.decoder.max_frame_size = self.config.max_frame_size
             self.factory.authenticated(self)
         return ok
 
