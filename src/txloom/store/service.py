@@ -127,10 +127,6 @@ class StoreServerFactory(Factory):
             if conn.connected:
                 conn.transport.resumeProducing()
 
-    def connection_idle(self, conn: StoreServerProtocol) -> None:
-        """Called while draining when a connection has no answer left to send."""
-        conn.lose_connection()
-
     async def drain(self, timeout: float) -> None:
         """Stop reading, commit and answer what was taken, close every connection."""
         self.draining = True
