@@ -343,3 +343,19 @@ async def test_interval_and_never_policies_write_without_waiting(tmp_path: Path)
         await again.open()
         assert again.fact_count == 20
         await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_backend_compacts_only_to_save_room(make_backend) -> None:
+    backend = make_backend()
+    await backend.open()
+    await defer.gatherResults([backend.append(*record(f"f{i}", i)) for i in range(100)])
+    report = await backend.compact()
+    assert report["compacted"] is False
+    assert report["bytes_before"] == report["bytes_after"]
+    await backend.write_snapshot([record(f"f{i}", i) for i in range(80)])
+    report = await backend.compact()
+    assert report["compacted"] is True
+    assert report["bytes_after"] < report["bytes_before"]
+    assert report["through"] == backend.last_seq == 100
+    assert len(replayed(backend)) == 100
