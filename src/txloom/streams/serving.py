@@ -289,21 +289,21 @@ class RequestRun:
         self.master.transport.write(_refusal(reason))
         self.master.transport.unregisterProducer()
         self.master.transport.loseConnection()
-        self._close_all(abort_pumps=False)
+        self._close_all(abort_pumps=None)
 
     def abort(self, reason: str) -> None:
         """A deadline passed: cut the master and every channel of this request."""
         self.log.info("request for {service}: {reason}", service=self.hello.service, reason=reason)
         self.fail(reason)
-        self._close_all(abort_pumps=True)
+        self._close_all(abort_pumps=reason)
 
-    def _close_all(self, abort_pumps: bool) -> None:
+    def _close_all(self, abort_pumps: str | None) -> None:
         for pending in list(self.pending.values()):
             pending.release()
         self.pending.clear()
-        if abort_pumps:
+        if abort_pumps is not None:
             for pump in list(self.pumps):
-                pump.abort()
+                pump.abort(abort_pumps)
         self._maybe_done()
 
     def channel_ended(self, pending: PendingSource | SourcePump, error: str | None) -> None:
