@@ -12,7 +12,7 @@ from txloom.streams import StaticResolver, StreamClient
 from txloom.streams.source import Source
 from txloom.wire.errors import FrameTooLarge, TruncatedFrame
 from txloom.wire.framing import U64_LE
-from txloom.wire.streams import Accepted, Announce, Hello, encode_frame
+from txloom.wire.streams import Accepted, Announce, End, Hello, MasterClosedEarly, encode_frame
 
 
 @pytest_twisted.ensureDeferred
@@ -45,6 +45,7 @@ def _channels(tokens: list[bytes]):
     def on_master(transport, hello, body):
         for token in tokens:
             transport.write(encode_frame(token) + control_frame(Announce(token)))
+        transport.write(encode_frame(b"") + control_frame(End()))
         transport.loseConnection()
 
     return on_master
@@ -98,5 +99,26 @@ async def test_oversize_length_rejected_before_allocation() -> None:
             await source.read()
         connection = source._connection
         assert connection.decoder.pending < 200  # nothing of the 1 TiB was reserved
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_master_cut_after_a_source_is_an_error_not_the_end() -> None:
+    def on_master(transport, hello, body):
+        transport.write(encode_frame(b"h") + control_frame(Announce(b"c")))
+        transport.loseConnection()  # a crash between two announcements
+
+    def on_channel(transport, token):
+        transport.write(control_frame(Accepted()) + encode_frame(b"f"))
+        transport.loseConnection()
+
+    port, endpoint = await raw_server(on_master, on_channel)
+    try:
+        request = StreamClient(StaticResolver({SERVICE: [endpoint]})).post(SERVICE, b"")
+        source = await request.next_source()
+        assert [f async for f in source] == [b"f"]
+        with pytest.raises(MasterClosedEarly):
+            await request.next_source()
     finally:
         await port.stopListening()

@@ -19,8 +19,10 @@ from txloom.wire.streams import (
     Announce,
     Attach,
     ChannelDecoder,
+    End,
     Frame,
     Hello,
+    MasterClosedEarly,
     MasterDecoder,
     Refuse,
     Request,
@@ -105,11 +107,10 @@ sources = st.lists(
 @given(sources, st.booleans(), cuts)
 def test_master_announcements_any_split(items, refuse, points) -> None:
     stream = b"".join(encode_frame(h) + control(Announce(c, z)) for h, c, z in items)
-    if refuse:
-        stream += encode_frame(b"") + control(Refuse("no"))
+    end = Refuse("no") if refuse else End()
+    stream += encode_frame(b"") + control(end)
     events = drain(MasterDecoder(), split(stream, points))
-    expected = [SourceAnnounced(h, c, z) for h, c, z in items]
-    expected += [Refuse("no")] if refuse else []
+    expected = [SourceAnnounced(h, c, z) for h, c, z in items] + [end]
     assert events == [*expected, ConnectionClosed()]
 
 
@@ -119,6 +120,23 @@ def test_master_cut_between_header_and_announce_is_an_error() -> None:
     assert decoder.next_event() is NEED_DATA
     decoder.receive_eof()
     with pytest.raises(TruncatedFrame):
+        decoder.next_event()
+
+
+def test_master_closed_without_end_is_an_error() -> None:
+    decoder = MasterDecoder()
+    decoder.receive_data(encode_frame(b"h") + control(Announce(b"c")))
+    assert isinstance(decoder.next_event(), SourceAnnounced)
+    decoder.receive_eof()
+    with pytest.raises(MasterClosedEarly):
+        decoder.next_event()
+
+
+def test_nothing_after_end() -> None:
+    decoder = MasterDecoder()
+    decoder.receive_data(encode_frame(b"") + control(End()) + encode_frame(b"h"))
+    assert decoder.next_event() == End()
+    with pytest.raises(UnexpectedFrame):
         decoder.next_event()
 
 
@@ -173,7 +191,7 @@ garbage_frames = st.lists(st.binary(max_size=64), min_size=1, max_size=6).map(
     lambda parts: b"".join(encode_frame(p) for p in parts)
 )
 controls = st.sampled_from(
-    [Hello("s"), Attach(b"c"), Announce(b"c", True), Accepted(), Refuse("r")]
+    [Hello("s"), Attach(b"c"), Announce(b"c", True), Accepted(), Refuse("r"), End()]
 ).map(control)
 garbage = st.lists(garbage_frames | controls, max_size=5).map(b"".join)
 

@@ -38,6 +38,7 @@ from txloom.streams.timers import Deadline, no_delay
 from txloom.wire.decoder import NEED_DATA, ConnectionClosed
 from txloom.wire.errors import RemoteProtocolError
 from txloom.wire.streams import (
+    End,
     Hello,
     MasterDecoder,
     Refuse,
@@ -275,10 +276,10 @@ class MasterConnection(Protocol):
                 if event is NEED_DATA:
                     break
                 self._event(event)
-                if isinstance(event, ConnectionClosed | Refuse):
+                if isinstance(event, ConnectionClosed | Refuse | End):
                     return
         except RemoteProtocolError as e:
-            self._fail(e)
+            self._fail(self._lost_reason or e)
             return
         if self.transport is None or self.lost:
             return
@@ -310,5 +311,5 @@ class MasterConnection(Protocol):
             self.request.announced(event)
         elif isinstance(event, Refuse):
             self._fail(RequestRefused(event.reason))
-        elif isinstance(event, ConnectionClosed):
-            self.request.end(self._lost_reason)
+        elif isinstance(event, End):
+            self.request.end(None)

@@ -30,6 +30,7 @@ from txloom.wire.streams import (
     Accepted,
     Announce,
     Attach,
+    End,
     Hello,
     Refuse,
     Request,
@@ -51,6 +52,10 @@ CHANNEL_TOKEN_SIZE = 16
 def _refusal(reason: str) -> bytes:
     """A master's refusal: an empty header frame, then the ``Refuse`` control frame."""
     return encode_frame(b"") + encode_frame(encode_control(Refuse(reason)))
+
+
+#: The end of a master that served its request: an empty header frame, then ``End``.
+_END = encode_frame(b"") + encode_frame(encode_control(End()))
 
 
 class ServerConnection(Protocol):
@@ -251,6 +256,7 @@ class RequestRun:
         self.sourcing_deadline.cancel()
         self.write_deadline.cancel()
         self.master.transport.unregisterProducer()
+        self.master.transport.write(_END)
         self.master.transport.loseConnection()
         self._maybe_done()
 

@@ -9,6 +9,8 @@ version number ``v`` so that they can grow without breaking older peers:
 - ``Announce`` — the second frame of each source on the master connection (the first is the
   source's header, raw): the opaque channel token and whether the source is compressed.
 - ``Attach`` — the first frame a client sends on a descendant connection.
+- ``End`` — the last thing on a master that served its request (after an empty header
+  frame); a master closed without it was cut, and the client says so.
 - ``Accepted`` / ``Refuse`` — the server's first frame on a descendant connection (so that a
   refused attach is never mistaken for an empty source); ``Refuse`` also ends a master whose
   request cannot be served (with an empty header frame in front, keeping frames in pairs).
@@ -50,9 +52,11 @@ __all__ = [
     "Attach",
     "BadCompression",
     "ChannelDecoder",
+    "End",
     "Frame",
     "Hello",
     "InvalidControl",
+    "MasterClosedEarly",
     "MasterDecoder",
     "Refuse",
     "Request",
@@ -179,7 +183,16 @@ class Refuse:
     reason: str
 
 
-Control = Hello | Announce | Attach | Accepted | Refuse
+@dataclass(frozen=True, slots=True)
+class End:
+    """Server -> client, last on a master after its last source (its header frame is empty).
+
+    A master that closes without ``End`` or ``Refuse`` was cut (a crashed server, a TLS
+    mismatch), which the client reports instead of taking it for "no more sources".
+    """
+
+
+Control = Hello | Announce | Attach | Accepted | Refuse | End
 
 
 def encode_control(msg: Control) -> bytes:
@@ -199,6 +212,8 @@ def encode_control(msg: Control) -> bytes:
         body["accepted"] = True
     elif isinstance(msg, Refuse):
         body["refuse"] = msg.reason
+    elif isinstance(msg, End):
+        body["end"] = True
     else:
         raise LocalProtocolError(f"not a control message: {msg!r}")
     return cbor2.dumps(body)
@@ -241,6 +256,8 @@ def decode_control(payload: bytes) -> Control:
         return Accepted()
     if isinstance(obj.get("refuse"), str):
         return Refuse(obj["refuse"])
+    if obj.get("end") is True:
+        return End()
     raise InvalidControl("control frame is not a known control message")
 
 
@@ -312,11 +329,16 @@ class ServerConnectionDecoder(LengthPrefixDecoder):
         raise UnexpectedFrame("one request per master connection and nothing after an attach")
 
 
+class MasterClosedEarly(RemoteProtocolError):
+    """The master closed without ``End`` or ``Refuse``: the request was cut, not finished."""
+
+
 class MasterDecoder(LengthPrefixDecoder):
-    """The client's side of a master: ``SourceAnnounced`` events, then ``Refuse`` or the end.
+    """The client's side of a master: ``SourceAnnounced`` events, then ``End`` or ``Refuse``.
 
     Each source is two frames, its raw header (at most ``max_frame_size``) and a control
-    frame. A connection closed between the two is truncated, not a clean end.
+    frame. A connection closed between the two, or before ``End``/``Refuse``, is an error
+    (``TruncatedFrame``, ``MasterClosedEarly``), never taken for the last source.
     """
 
     def __init__(
@@ -337,19 +359,22 @@ class MasterDecoder(LengthPrefixDecoder):
 
     def _decode(self, buffer: ReceiveBuffer) -> object:
         event = super()._decode(buffer)
-        if event is NEED_DATA and self._eof and self._header is not None and not buffer:
-            raise TruncatedFrame(0)
+        if event is NEED_DATA and self._eof and not buffer:
+            if self._header is not None:
+                raise TruncatedFrame(0)
+            if not self._refused:
+                raise MasterClosedEarly("master closed before the end of the request")
         return event
 
     def _event(self, payload: bytes) -> object:
         if self._refused:
-            raise UnexpectedFrame("frame after a refusal")
+            raise UnexpectedFrame("frame after the end of the request")
         if self._header is None:
             self._header, self.max_size = payload, MAX_CONTROL_SIZE
             return self._decode(self._buffer)
         header, self._header, self.max_size = self._header, None, self.max_frame_size
         msg = decode_control(payload)
-        if isinstance(msg, Refuse):
+        if isinstance(msg, Refuse | End):
             self._refused = True
             return msg
         if not isinstance(msg, Announce):
