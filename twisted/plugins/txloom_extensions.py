@@ -14,6 +14,9 @@ memory_backend = MemoryBackendFactory()
 # Worker host: IWorkerLauncherFactory
 
 # Reverse RPC: IRPCTransportFactory
+from txloom.rpc.grpc.factory import GrpcTransportFactory
+
+rpc_grpc = GrpcTransportFactory()
 
 # Nested streams: IAddressResolverFactory
 
