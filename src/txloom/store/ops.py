@@ -178,7 +178,7 @@ class RequestRouter:
             suffix,
             self.backend.read,
             failure_frame=error_frame(
-                errors.INTERNAL_ERROR, "storage failure; see the server log", request_id
+                errors.STORAGE_FAILED, "storage failure; see the server log", request_id
             ),
         )
         if stream.length > max_frame:
