@@ -14,7 +14,7 @@ memory_backend = MemoryBackendFactory()
 # Worker host: IWorkerLauncherFactory
 
 # Reverse RPC: IRPCTransportFactory
-from txloom.rpc.grpc.factory import GrpcTransportFactory
+from txloom.rpc.grpc.factory import GrpcTransportFactory  # noqa: E402
 
 rpc_grpc = GrpcTransportFactory()
 
