@@ -257,6 +257,8 @@ class Options(usage.Options):
             raise usage.UsageError("--slow-pod-policy must be 'pause' or 'drop'")
         if not 1 <= self["hop-limit"] <= MAX_HOPS:
             raise usage.UsageError(f"--hop-limit must be within 1..{MAX_HOPS}")
+        if not self["keepalive"] >= 0:
+            raise usage.UsageError("--keepalive must be 0 (no pings) or a positive number")
         if self["replay-size"] < 0:
             raise usage.UsageError("--replay-size must not be negative")
         self["token"] = None

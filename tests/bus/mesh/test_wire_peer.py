@@ -236,7 +236,7 @@ async def test_withdraw_by_hand() -> None:
         bus.connect().send(Message.new("not.for.you"))
         await until(lambda: mesh.stats.sent == 0 and not bus._pending_msgs, 5)
         await bus.stop()
-        assert await deferToThread(peer.wait_closed) == 1000
+        assert await deferToThread(peer.wait_closed) == 4001  # "node stopping": redial me
     finally:
         await bus.stop()
 

@@ -50,8 +50,15 @@ __all__ = ["MeshClientFactory", "MeshConnection", "MeshServerFactory"]
 #: WebSocket close codes used by the mesh. Applications may only send 1000 and 3000-4999;
 #: the reason text says more.
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1000
 CLOSE_PROTOCOL_ERROR = 4002
+#: A txloom node closes with this when it stops (after its WITHDRAW): unlike a Grav node
+#: that withdrew and stays up, it is worth redialling, since it refuses nothing once back.
+CLOSE_NODE_STOPPING = 4001
+CLOSE_GOING_AWAY = CLOSE_NODE_STOPPING
+
+#: Header a txloom node adds to its upgrade request, so that the node it dials knows which
+#: rule settles a mutual dial (see ``txloom.bus.mesh.mesh``). Grav nodes ignore it.
+TXLOOM_HEADER = "X-Txloom-Mesh"
 
 
 @implementer(IPushProducer)
@@ -123,6 +130,10 @@ class MeshConnection:
         self.withdraw_acked: Deferred[None] | None = None
         self.closed: Deferred[None] = Deferred()
         self.dropped = 0
+        #: The peer closed because it stops (not merely withdrew): redial it.
+        self.peer_stopped = False
+        #: The dialling side is a txloom node (seen on inbound connections only).
+        self.peer_speaks_txloom = False
         self._deadline: Any = None
         self._noted_foreign = False
         mesh._connection_made(self)
@@ -140,6 +151,11 @@ class MeshConnection:
     @property
     def direction(self) -> str:
         return "outbound" if self.role is Role.DIALLER else "inbound"
+
+    @property
+    def peer_left_mesh(self) -> bool:
+        """The peer withdrew and stays away: not to be redialled until it shows up again."""
+        return self.session.peer_withdrawn and not self.peer_stopped
 
     @property
     def handshaked(self) -> bool:
@@ -202,6 +218,8 @@ class MeshConnection:
         self._cancel_deadline()
         self.session.closed()
         why = reason or getattr(self, "wasNotCleanReason", None) or f"close code {code}"
+        if getattr(self, "remoteCloseCode", None) == CLOSE_NODE_STOPPING:
+            self.peer_stopped = True
         self.mesh._lost(self, str(why))
         if self.withdraw_acked is not None and not self.withdraw_acked.called:
             self.withdraw_acked.callback(None)
@@ -306,6 +324,7 @@ class MeshServerProtocol(MeshConnection, WebSocketServerProtocol):
                 raise ConnectionDeny(401, "a valid mesh token is required")
         if mesh.withdrawn:
             raise ConnectionDeny(503, "this node has withdrawn from the mesh")
+        self.peer_speaks_txloom = TXLOOM_HEADER.lower() in request.headers
 
 
 class MeshClientProtocol(MeshConnection, WebSocketClientProtocol):
@@ -368,7 +387,9 @@ class MeshClientFactory(WebSocketClientFactory):
     noisy = False
 
     def __init__(self, mesh: WebSocketMesh, dialer: PeerDialer) -> None:
-        headers = {"Authorization": f"Bearer {mesh.token}"} if mesh.token else None
+        headers = {TXLOOM_HEADER: "1"}
+        if mesh.token:
+            headers["Authorization"] = f"Bearer {mesh.token}"
         super().__init__(url=dialer.url.url, headers=headers)
         self.mesh = mesh
         self.dialer = dialer
