@@ -544,13 +544,15 @@ class WebSocketMesh:
         self.stats.sent += 1
 
     def _message_from(self, conn: MeshConnection, fields: MessageFields) -> None:
-        if not self._seen.add(fields.uuid):
+        # A message with no uuid (Go reads "{}" as one) cannot be told from another: it is
+        # delivered every time and never relayed.
+        if fields.uuid and not self._seen.add(fields.uuid):
             self.stats.duplicates += 1
             return
         self.stats.received += 1
         msg = Message.from_fields(fields)
         self._post(msg, self._pod)
-        if self.relay and fields.hops + 1 < self.hop_limit:
+        if self.relay and fields.uuid and fields.hops + 1 < self.hop_limit:
             others = [c for c in self._targets if c is not conn]
             if others:
                 payload = encode_message(msg, fields.hops + 1)
