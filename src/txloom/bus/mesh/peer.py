@@ -72,10 +72,11 @@ class SendWindow:
     peer costs bounded memory and never holds up the others.
     """
 
-    __slots__ = ("_send", "limit", "paused", "queue", "queued_bytes")
+    __slots__ = ("_resumed", "_send", "limit", "paused", "queue", "queued_bytes")
 
-    def __init__(self, send: Any, limit: int) -> None:
+    def __init__(self, send: Any, limit: int, resumed: Any = None) -> None:
         self._send = send
+        self._resumed = resumed
         self.limit = limit
         self.paused = False
         self.queue: deque[bytes] = deque()
@@ -102,6 +103,8 @@ class SendWindow:
             payload = queue.popleft()
             self.queued_bytes -= len(payload)
             self._send(payload)
+        if not self.paused and self._resumed is not None:
+            self._resumed()
 
     def stopProducing(self) -> None:
         self.paused = True
@@ -122,7 +125,9 @@ class MeshConnection:
     def _mesh_init(self, mesh: WebSocketMesh) -> None:
         self.mesh = mesh
         self.session = GravSession(self.role, mesh.node_uuid, mesh.belongs_to)
-        self.window = SendWindow(self._send_binary, mesh.peer_backlog_limit)
+        self.window = SendWindow(self._send_binary, mesh.peer_backlog_limit, self._send_due_pong)
+        #: The latest ping not answered while the peer was not reading (see ``onPing``).
+        self._pong_due: bytes | None = None
         #: The peer's node uuid once registered with the mesh.
         self.node_uuid: str | None = None
         #: Set when the mesh keeps another connection to the same node instead of this one.
@@ -213,6 +218,24 @@ class MeshConnection:
             acked = self.withdraw_acked
             if acked is not None and not acked.called:
                 acked.callback(None)
+
+    def onPing(self, payload: bytes) -> None:
+        """Answer a ping, unless the peer is not reading what we write.
+
+        A peer that sends pings and never reads would otherwise make us buffer a pong per
+        ping without bound. While the socket is full only the latest ping is remembered,
+        and answered once the peer has read the rest (RFC 6455 5.5.3 allows answering only
+        the most recent ping), so a ping flood costs one pong's worth of memory.
+        """
+        if self.window.paused:
+            self._pong_due = payload
+            return
+        super().onPing(payload)  # type: ignore[misc]
+
+    def _send_due_pong(self) -> None:
+        payload, self._pong_due = self._pong_due, None
+        if payload is not None and self.state == self.STATE_OPEN:  # type: ignore[attr-defined]
+            self.sendPong(payload)  # type: ignore[attr-defined]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._cancel_deadline()
