@@ -14,3 +14,15 @@ stays cheap. Sections follow ``txloom.interfaces``.
 # Nested streams: IAddressResolverFactory
 
 # Bus node: IDiscoveryFactory, IMeshTransportFactory, IBridgeFactory
+
+from txloom.bus.factories import (
+    LocalDiscoveryFactory,
+    NatsBridgeFactory,
+    StaticPeersFactory,
+    WebSocketMeshFactory,
+)
+
+bus_mesh_websocket = WebSocketMeshFactory()
+bus_discovery_static = StaticPeersFactory()
+bus_discovery_local = LocalDiscoveryFactory()
+bus_bridge_nats = NatsBridgeFactory()

@@ -111,7 +111,7 @@ class PeerDialer:
         if self.state is not DialerState.STOPPED:
             self.state = DialerState.PARKED
             self.failures = 0
-            self.mesh._park(node_uuid, self)
+            self.mesh.park(node_uuid, self)
             for d in self._drain_first():
                 d.callback(node_uuid)
 
@@ -179,7 +179,7 @@ class PeerDialer:
         endpoint = clientFromString(
             mesh.reactor, self.url.endpoint(CONNECT_TIMEOUT, mesh.tls_trust_roots)
         )
-        d = endpoint.connect(mesh._client_factory(self))
+        d = endpoint.connect(mesh.client_factory(self))
         self._attempt_d = d
         d.addCallbacks(self._tcp_connected, self._tcp_failed)
 

@@ -44,7 +44,7 @@ from txloom.bus.mesh.urls import DEFAULT_PATH, PeerURL
 from txloom.bus.message import Message, new_uuid
 from txloom.bus.once import Once
 from txloom.bus.seen import DEFAULT_SEEN_CAPACITY, SeenSet
-from txloom.interfaces import IMeshTransport
+from txloom.interfaces import IMeshHub, IMeshTransport
 from txloom.wire.grav import MAX_HOPS, Handshake, HandshakeReply, MessageFields, encode_message
 from txloom.wire.grav import groups_match as _groups_match
 
@@ -112,7 +112,7 @@ class MeshStats:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-@implementer(IMeshTransport, IPushProducer)
+@implementer(IMeshTransport, IMeshHub, IPushProducer)
 class WebSocketMesh:
     """Grav-compatible mesh transport over Autobahn's Twisted WebSocket."""
 
@@ -180,7 +180,7 @@ class WebSocketMesh:
         self._stop_once = Once(self._stop)
         self._pod = bus.connect()
         self._pod.on(self._from_bus)
-        self._post = bus._post
+        self._post = bus.post
         bus.attach(self, mesh=True)
         bus.register_producer(self)
 
@@ -358,15 +358,15 @@ class WebSocketMesh:
             for _, d in ready:
                 d.callback(None)
 
-    def _connection_made(self, conn: MeshConnection) -> None:
+    def connection_made(self, conn: MeshConnection) -> None:
         self._connections.add(conn)
         if self._reading_paused:
             conn.pause_reading()
 
-    def _client_factory(self, dialer: PeerDialer) -> MeshClientFactory:
+    def client_factory(self, dialer: PeerDialer) -> MeshClientFactory:
         return MeshClientFactory(self, dialer)
 
-    def _park(self, node_uuid: str, dialer: PeerDialer) -> None:
+    def park(self, node_uuid: str, dialer: PeerDialer) -> None:
         parked = self._parked.setdefault(node_uuid, [])
         if dialer not in parked:
             parked.append(dialer)
@@ -375,7 +375,7 @@ class WebSocketMesh:
     # Handshakes (called by connections)
     # =========================================================================================
 
-    def _handshake_from(self, conn: MeshConnection, hs: Handshake) -> None:
+    def handshake_from(self, conn: MeshConnection, hs: Handshake) -> None:
         """A dialling peer said who it is: accept, or refuse and close."""
         reason = None
         if self.withdrawn:
@@ -400,7 +400,7 @@ class WebSocketMesh:
         conn.send_reply(conn.session.accept())
         self._register(conn, hs.uuid, hs.belongs_to)
 
-    def _reply_from(self, conn: MeshConnection, reply: HandshakeReply) -> None:
+    def reply_from(self, conn: MeshConnection, reply: HandshakeReply) -> None:
         """The node we dialled answered."""
         dialer = conn.dialer
         if not reply.accept:
@@ -490,7 +490,7 @@ class WebSocketMesh:
         )
         self._notify()
 
-    def _lost(self, conn: MeshConnection, reason: str) -> None:
+    def connection_lost(self, conn: MeshConnection, reason: str) -> None:
         self._connections.discard(conn)
         node = conn.node_uuid
         if node is not None and self._peers.get(node) is conn:
@@ -517,7 +517,7 @@ class WebSocketMesh:
         if conn.dialer is not None:
             conn.dialer.lost(conn, reason)
 
-    def _peer_withdrew(self, conn: MeshConnection) -> None:
+    def peer_withdrew(self, conn: MeshConnection) -> None:
         self.log.info("peer {node} withdrew from the mesh", node=conn.node_uuid)
         self._retarget()
 
@@ -543,7 +543,7 @@ class WebSocketMesh:
             conn.send_payload(payload)
         self.stats.sent += 1
 
-    def _message_from(self, conn: MeshConnection, fields: MessageFields) -> None:
+    def message_from(self, conn: MeshConnection, fields: MessageFields) -> None:
         # A message with no uuid (Go reads "{}" as one) cannot be told from another: it is
         # delivered every time and never relayed.
         if fields.uuid and not self._seen.add(fields.uuid):
@@ -560,11 +560,11 @@ class WebSocketMesh:
                     other.send_payload(payload)
                 self.stats.relayed += 1
 
-    def _foreign_from(self, conn: MeshConnection, data: bytes) -> None:
+    def foreign_from(self, conn: MeshConnection, data: bytes) -> None:
         self.stats.foreign += 1
         self._post(Message.foreign(data), self._pod)
 
-    def _dropped_for(self, conn: MeshConnection) -> None:
+    def dropped_for(self, conn: MeshConnection) -> None:
         self.stats.dropped += 1
         n = conn.dropped
         if n & (n - 1) == 0:

@@ -141,7 +141,7 @@ class MeshConnection:
         self.peer_speaks_txloom = False
         self._deadline: Any = None
         self._noted_foreign = False
-        mesh._connection_made(self)
+        mesh.connection_made(self)
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -202,18 +202,18 @@ class MeshConnection:
             return
         kind = type(event)
         if kind is MessageFrame:
-            self.mesh._message_from(self, event.fields)  # type: ignore[union-attr]
+            self.mesh.message_from(self, event.fields)  # type: ignore[union-attr]
         elif kind is ForeignFrame:
             self._foreign(event)  # type: ignore[arg-type]
         elif kind is Handshake:
             self._cancel_deadline()
-            self.mesh._handshake_from(self, event)  # type: ignore[arg-type]
+            self.mesh.handshake_from(self, event)  # type: ignore[arg-type]
         elif kind is HandshakeReply:
             self._cancel_deadline()
-            self.mesh._reply_from(self, event)  # type: ignore[arg-type]
+            self.mesh.reply_from(self, event)  # type: ignore[arg-type]
         elif kind is Withdraw:
             self._send_text(WITHDRAW_ACK)
-            self.mesh._peer_withdrew(self)
+            self.mesh.peer_withdrew(self)
         elif kind is WithdrawAck:
             acked = self.withdraw_acked
             if acked is not None and not acked.called:
@@ -243,7 +243,7 @@ class MeshConnection:
         why = reason or getattr(self, "wasNotCleanReason", None) or f"close code {code}"
         if getattr(self, "remoteCloseCode", None) == CLOSE_NODE_STOPPING:
             self.peer_stopped = True
-        self.mesh._lost(self, str(why))
+        self.mesh.connection_lost(self, str(why))
         if self.withdraw_acked is not None and not self.withdraw_acked.called:
             self.withdraw_acked.callback(None)
         if not self.closed.called:
@@ -255,7 +255,7 @@ class MeshConnection:
         """One message frame; dropped (and counted) while the peer is over its backlog."""
         if not self.window.offer(payload):
             self.dropped += 1
-            self.mesh._dropped_for(self)
+            self.mesh.dropped_for(self)
 
     def _send_binary(self, payload: bytes) -> None:
         with suppress(Disconnected):
@@ -304,7 +304,7 @@ class MeshConnection:
                 address=self.address,
                 reason=event.reason,
             )
-        self.mesh._foreign_from(self, event.data)
+        self.mesh.foreign_from(self, event.data)
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
