@@ -2,7 +2,7 @@
 
     twistd -n busnode --listen tcp:8080 --peer ws://10.0.0.2:8080/meta/message
     twistd -n busnode --discovery local --belongs-to teamA --token-file /etc/txloom/mesh.token
-    twistd -n busnode --nats nats://127.0.0.1:4222 --bridge-type orders.created --bridge-type orders.paid
+    twistd -n busnode --nats nats://127.0.0.1:4222 --bridge-type orders.created --bridge-type a.b
     twistd -n busnode --discovery file --discovery-option path=/etc/txloom/peers
 
 Other code (the all-in-one node) builds the same service with
