@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 from twisted.python import usage
+from txloom_extras.filepeers import MAX_FILE_SIZE, FilePeers, FilePeersFactory
 from zope.interface.verify import verifyObject
 
 from support.bus import within
@@ -21,7 +22,6 @@ from txloom.bus.mesh import WebSocketMesh
 from txloom.extensions import available, parse_options
 from txloom.interfaces import IDiscovery, IDiscoveryFactory
 from txloom.wire.grav import Announcement
-from txloom_extras.filepeers import MAX_FILE_SIZE, FilePeers, FilePeersFactory
 
 A = "ws://10.0.0.1:8080/meta/message"
 B = "ws://10.0.0.2:8080/meta/message"
