@@ -136,3 +136,20 @@ async def test_a_node_runs_on_a_mesh_discovery_and_bridge_handed_in() -> None:
     finally:
         await node.stopService()
         await other.bus.stop()
+
+
+def test_the_python_examples_of_the_bus_section_of_extending_md_run() -> None:
+    import re
+    import textwrap
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "extending.md").read_text()
+    section = text.split("## Bus discovery and bridges", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks
+    scope: dict = {}
+    for block in blocks:
+        exec(compile(textwrap.dedent(block), "extending.md", "exec"), scope)
+    node = scope["node"]
+    assert node.mesh is scope["mesh"] and node.bridges == []
+    assert [d.urls for d in node.discoveries] == [["ws://10.0.0.2:8080/meta/message"]]
