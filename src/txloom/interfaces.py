@@ -444,6 +444,9 @@ class IMeshHub(Interface):
     reactor = Attribute("The reactor (or clock) for the connection's deadlines.")
     handshake_timeout = Attribute("Seconds a connection has to complete the Grav handshake.")
     peer_backlog_limit = Attribute("Bytes a connection may queue for a slow peer.")
+    max_message_size = Attribute("Largest WebSocket message taken from a peer, in bytes.")
+    close_timeout = Attribute("Seconds to wait for a peer's close frame.")
+    keepalive = Attribute("Seconds between pings on an idle connection (0: none).")
 
     def connection_made(conn):  # type: ignore[misc]
         """A new connection (either direction), before any frame."""

@@ -17,13 +17,15 @@ from txloom.wire.grav import (
     Announcement,
     BadAnnouncement,
     BadHandshake,
-    ForeignFrame,
-    GravSession,
     Handshake,
     HandshakeReply,
     MessageFields,
-    MessageFrame,
     NotAMessage,
+)
+from txloom.wire.grav_session import (
+    ForeignFrame,
+    GravSession,
+    MessageFrame,
     Role,
     SessionState,
     Withdraw,

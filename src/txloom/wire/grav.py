@@ -1,7 +1,8 @@
 """The Grav v0.5.x mesh wire: message JSON, node handshakes, withdraw words, discovery datagrams.
 
-Everything a txloom bus node puts on a socket or reads from one lives here, as pure functions
-and one small state machine (``GravSession``) that turns WebSocket frames into events. The
+Everything a txloom bus node puts on a socket or reads from one lives here as pure functions;
+the per-connection state machine that turns WebSocket frames into events is
+``txloom.wire.grav_session.GravSession``. The
 WebSocket framing itself belongs to the transport; a "frame" here is one whole WebSocket
 message payload.
 
@@ -16,7 +17,6 @@ for a zero offset.
 from __future__ import annotations
 
 import binascii
-import enum
 import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -42,19 +42,12 @@ __all__ = [
     "BadAnnouncement",
     "BadHandshake",
     "BadTimestamp",
-    "ForeignFrame",
     "GravError",
-    "GravSession",
     "Handshake",
     "HandshakeReply",
     "MessageFields",
-    "MessageFrame",
     "MessageLike",
     "NotAMessage",
-    "Role",
-    "SessionState",
-    "Withdraw",
-    "WithdrawAck",
     "decode_announcement",
     "decode_handshake",
     "decode_handshake_reply",
@@ -393,139 +386,6 @@ def decode_handshake_reply(frame: bytes | bytearray | memoryview | str) -> Hands
 def groups_match(local: str, peer: str) -> bool:
     """Grav's rule: a peer is accepted when its group equals ours or is ``"*"``."""
     return peer in (local, "*")
-
-
-# =============================================================================================
-# The per-connection state machine
-# =============================================================================================
-
-
-class Role(enum.Enum):
-    DIALLER = "dialler"
-    LISTENER = "listener"
-
-
-class SessionState(enum.Enum):
-    AWAITING_HANDSHAKE = "awaiting handshake"  # listener, before the peer said who it is
-    AWAITING_REPLY = "awaiting reply"  # dialler, handshake sent
-    DECIDING = "deciding"  # listener, handshake received, not yet answered
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class MessageFrame:
-    """A message from the peer."""
-
-    fields: MessageFields
-
-
-@dataclass(frozen=True, slots=True)
-class ForeignFrame:
-    """Bytes from the peer that are not a message (they become a ``websocket.message``)."""
-
-    data: bytes
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Withdraw:
-    """The peer leaves the mesh: stop sending to it."""
-
-
-@dataclass(frozen=True, slots=True)
-class WithdrawAck:
-    """The peer saw our withdraw."""
-
-
-Event = Handshake | HandshakeReply | MessageFrame | ForeignFrame | Withdraw | WithdrawAck
-
-
-class GravSession:
-    """One mesh connection's protocol state, in frames and events (no I/O).
-
-    The transport feeds every whole WebSocket message to ``receive_frame`` and writes the
-    bytes the ``send_*`` methods return (binary frames, except the withdraw words, which go
-    out as text frames). A listener gets a ``Handshake`` event first and must answer it with
-    ``accept`` or ``refuse``; a dialler sends ``handshake()`` first and gets a
-    ``HandshakeReply``. Once open, frames become ``MessageFrame``, ``ForeignFrame``,
-    ``Withdraw`` or ``WithdrawAck`` events. Errors before the session is open raise
-    ``BadHandshake``; after that nothing a peer sends is an error (Grav turns unknown frames
-    into ``websocket.message`` messages).
-    """
-
-    def __init__(self, role: Role, node_uuid: str, belongs_to: str = "*") -> None:
-        self.role = role
-        self.node_uuid = node_uuid
-        self.belongs_to = belongs_to
-        #: The peer's handshake (listener) or reply (dialler), once received.
-        self.peer: Handshake | HandshakeReply | None = None
-        self.state = (
-            SessionState.AWAITING_HANDSHAKE
-            if role is Role.LISTENER
-            else SessionState.AWAITING_REPLY
-        )
-        #: The peer said WITHDRAW: nothing more is to be sent to it.
-        self.peer_withdrawn = False
-
-    @property
-    def peer_uuid(self) -> str | None:
-        return self.peer.uuid if self.peer is not None else None
-
-    def handshake(self, interests: tuple[str, ...] = ()) -> bytes:
-        """The dialler's first frame."""
-        if self.role is not Role.DIALLER:
-            raise LocalProtocolError("only the dialling side sends a handshake")
-        return encode_handshake(Handshake(self.node_uuid, self.belongs_to, interests))
-
-    def accept(self, interests: tuple[str, ...] = ()) -> bytes:
-        """The listener's yes; the session is open."""
-        self._expect(SessionState.DECIDING, "accept")
-        self.state = SessionState.OPEN
-        return encode_handshake_reply(
-            HandshakeReply(True, self.node_uuid, self.belongs_to, interests)
-        )
-
-    def refuse(self) -> bytes:
-        """The listener's no; the caller closes the connection after sending it."""
-        self._expect(SessionState.DECIDING, "refuse")
-        self.state = SessionState.CLOSED
-        return encode_handshake_reply(refusal(self.node_uuid))
-
-    def _expect(self, state: SessionState, what: str) -> None:
-        if self.state is not state:
-            raise LocalProtocolError(f"cannot {what} in state {self.state.value}")
-
-    def closed(self) -> None:
-        self.state = SessionState.CLOSED
-
-    def receive_frame(self, payload: bytes, is_binary: bool = True) -> Event | None:
-        """The event one whole WebSocket message makes; ``None`` once closed."""
-        state = self.state
-        if state is SessionState.OPEN:
-            if not is_binary:
-                if payload == WITHDRAW:
-                    self.peer_withdrawn = True
-                    return Withdraw()
-                if payload == WITHDRAW_ACK:
-                    return WithdrawAck()
-            try:
-                return MessageFrame(decode_message(payload))
-            except NotAMessage as e:
-                return ForeignFrame(bytes(payload), str(e))
-        if state is SessionState.AWAITING_HANDSHAKE:
-            hs = decode_handshake(payload)
-            self.peer = hs
-            self.state = SessionState.DECIDING
-            return hs
-        if state is SessionState.AWAITING_REPLY:
-            reply = decode_handshake_reply(payload)
-            self.peer = reply
-            self.state = SessionState.OPEN if reply.accept else SessionState.CLOSED
-            return reply
-        if state is SessionState.DECIDING:
-            raise BadHandshake("peer sent a frame before its handshake was answered")
-        return None
 
 
 # =============================================================================================

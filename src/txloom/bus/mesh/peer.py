@@ -26,14 +26,11 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txloom.wire.grav import (
-    WITHDRAW,
-    WITHDRAW_ACK,
-    BadHandshake,
+from txloom.wire.errors import RemoteProtocolError
+from txloom.wire.grav import WITHDRAW, WITHDRAW_ACK, Handshake, HandshakeReply
+from txloom.wire.grav_session import (
     ForeignFrame,
     GravSession,
-    Handshake,
-    HandshakeReply,
     MessageFrame,
     Role,
     SessionState,
@@ -124,7 +121,9 @@ class MeshConnection:
 
     def _mesh_init(self, mesh: WebSocketMesh) -> None:
         self.mesh = mesh
-        self.session = GravSession(self.role, mesh.node_uuid, mesh.belongs_to)
+        self.session = GravSession(
+            self.role, mesh.node_uuid, mesh.belongs_to, max_frame_size=mesh.max_message_size
+        )
         self.window = SendWindow(self._send_binary, mesh.peer_backlog_limit, self._send_due_pong)
         #: The latest ping not answered while the peer was not reading (see ``onPing``).
         self._pong_due: bytes | None = None
@@ -187,9 +186,11 @@ class MeshConnection:
             self.sendMessage(self.session.handshake(), isBinary=True)  # type: ignore[attr-defined]
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self.session
+        session.receive_data(payload, isBinary)
         try:
-            event = self.session.receive_frame(payload, isBinary)
-        except BadHandshake as e:
+            event = session.next_event()
+        except RemoteProtocolError as e:  # before the session is open: a bad handshake
             self._cancel_deadline()
             self.peer_log.warn(
                 "{direction} mesh connection {address}: bad handshake ({error}); closing",
