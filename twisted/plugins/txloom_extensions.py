@@ -18,7 +18,7 @@ rpc_grpc = GrpcTransportFactory()
 
 # Bus node: IDiscoveryFactory, IMeshTransportFactory, IBridgeFactory
 
-from txloom.bus.factories import (
+from txloom.bus.factories import (  # noqa: E402 (one section per capability)
     LocalDiscoveryFactory,
     NatsBridgeFactory,
     StaticPeersFactory,
