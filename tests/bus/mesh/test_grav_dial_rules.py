@@ -144,3 +144,31 @@ async def test_a_peer_that_withdrew_is_not_redialled_until_announced_or_dialling
     finally:
         listener.close()
         await mesh.bus.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_with_a_peer_refused_by_the_group_rule_leaves_no_unhandled_error() -> None:
+    import gc
+
+    from twisted.logger import globalLogPublisher
+
+    critical: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_level") is not None and event["log_level"].name == "critical":
+            critical.append(event)
+
+    other = await start_node(belongs_to="teamB")
+    mesh = await start_node(belongs_to="teamA")
+    globalLogPublisher.addObserver(observe)
+    try:
+        mesh.found(f"ws://127.0.0.1:{other.listening_port}/meta/message")
+        dialer = next(iter(mesh.dialers.values()))
+        await until(lambda: dialer.failures >= 1, what="the group refusal")
+        await mesh.bus.stop()
+        gc.collect()
+        assert critical == []  # before the fix: "Unhandled error in Deferred: CancelledError"
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await mesh.bus.stop()
+        await other.bus.stop()
