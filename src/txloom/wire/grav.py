@@ -213,6 +213,12 @@ def encode_message(m: MessageLike, hops: int = 0) -> bytes:
 
 
 _META_FIELDS = ("uuid", "parent_id", "response_to", "msg_type")
+_EXACT = {n: n for n in ("meta", "payload", *_META_FIELDS, "timestamp", "hops", "data")}
+
+
+def _field_name(key: str) -> str:
+    """``gojson.field_name``, with one dict lookup for the keys Go itself writes."""
+    return _EXACT.get(key) or gojson.field_name(key)
 
 
 def decode_message(frame: bytes | bytearray | memoryview | str) -> MessageFields:
@@ -240,14 +246,15 @@ def decode_message(frame: bytes | bytearray | memoryview | str) -> MessageFields
         if top is not gojson.NULL:
             raise NotAMessage(f"JSON {type(top).__name__}, not an object")
         top = ()
+    field_name, obj = _field_name, gojson.JSONObject
     for key, value in top:
-        name = gojson.field_name(key)
+        name = field_name(key)
         if name not in ("meta", "payload") or value is None:
             continue
-        if type(value) is not gojson.JSONObject:
+        if type(value) is not obj:
             raise NotAMessage(f"{key!r} is a {type(value).__name__}, not an object")
         for inner_key, inner in value:
-            field = gojson.field_name(inner_key)
+            field = field_name(inner_key)
             if name == "payload":
                 if field == "data":
                     try:
@@ -257,7 +264,7 @@ def decode_message(frame: bytes | bytearray | memoryview | str) -> MessageFields
             elif inner is None:
                 continue  # Go: null leaves the field as it was
             elif field in strings:
-                if not isinstance(inner, str):
+                if type(inner) is not str and not isinstance(inner, str):
                     raise NotAMessage(f"{inner_key!r} is a {type(inner).__name__}, not a string")
                 strings[field] = inner
             elif field == "timestamp":
