@@ -213,12 +213,8 @@ def encode_message(m: MessageLike, hops: int = 0) -> bytes:
 
 
 _META_FIELDS = ("uuid", "parent_id", "response_to", "msg_type")
+# The keys Go itself writes, found with one dict lookup before any case folding.
 _EXACT = {n: n for n in ("meta", "payload", *_META_FIELDS, "timestamp", "hops", "data")}
-
-
-def _field_name(key: str) -> str:
-    """``gojson.field_name``, with one dict lookup for the keys Go itself writes."""
-    return _EXACT.get(key) or gojson.field_name(key)
 
 
 def decode_message(frame: bytes | bytearray | memoryview | str) -> MessageFields:
@@ -246,15 +242,15 @@ def decode_message(frame: bytes | bytearray | memoryview | str) -> MessageFields
         if top is not gojson.NULL:
             raise NotAMessage(f"JSON {type(top).__name__}, not an object")
         top = ()
-    field_name, obj = _field_name, gojson.JSONObject
+    exact, fold, obj = _EXACT.get, gojson.field_name, gojson.JSONObject
     for key, value in top:
-        name = field_name(key)
+        name = exact(key) or fold(key)
         if name not in ("meta", "payload") or value is None:
             continue
         if type(value) is not obj:
             raise NotAMessage(f"{key!r} is a {type(value).__name__}, not an object")
         for inner_key, inner in value:
-            field = field_name(inner_key)
+            field = exact(inner_key) or fold(inner_key)
             if name == "payload":
                 if field == "data":
                     try:
