@@ -213,6 +213,45 @@ def encode_message(m: MessageLike, hops: int = 0) -> bytes:
 
 
 _META_FIELDS = ("uuid", "parent_id", "response_to", "msg_type")
+_GO_META_KEYS = (*_META_FIELDS, "timestamp")
+
+
+def _as_go_wrote_it(top: object) -> MessageFields | None:
+    """The fields of a frame laid out exactly as Go writes one (the common case), read
+    without the general loop; None for any other layout."""
+    if type(top) is not gojson.JSONObject or len(top) != 2:
+        return None
+    (k1, meta), (k2, payload) = top
+    if k1 != "meta" or k2 != "payload" or type(meta) is not gojson.JSONObject:
+        return None
+    if type(payload) is not gojson.JSONObject or len(meta) != 5 or len(payload) != 1:
+        return None
+    (ku, uuid), (kp, parent), (kr, reply), (km, msg_type), (kt, stamp) = meta
+    ((kd, data),) = payload
+    if (ku, kp, kr, km, kt) != _GO_META_KEYS or kd != "data":
+        return None
+    if not (type(uuid) is type(parent) is type(reply) is type(msg_type) is type(stamp) is str):
+        return None  # nulls, escapes, other types: the general path decides
+    if data is not None and type(data) is not str:
+        return None
+    try:
+        ns, offset = parse_timestamp(stamp)
+        raw = b"" if data is None else gojson.decode_base64(data)
+    except (BadTimestamp, gojson.GoJSONError):
+        return None
+    return MessageFields(
+        _clean(uuid),
+        _clean(parent),
+        _clean(reply),
+        _clean(msg_type),
+        ns,
+        offset,
+        raw,
+        0,
+        data is None,
+    )
+
+
 # The keys Go itself writes, found with one dict lookup before any case folding.
 _EXACT = {n: n for n in ("meta", "payload", *_META_FIELDS, "timestamp", "hops", "data")}
 
@@ -234,6 +273,9 @@ def decode_message(frame: bytes | bytearray | memoryview | str) -> MessageFields
         top = gojson.loads(frame)
     except gojson.GoJSONError as e:
         raise NotAMessage(str(e)) from None
+    fields = _as_go_wrote_it(top)
+    if fields is not None:
+        return fields
     strings = dict.fromkeys(_META_FIELDS, "")
     stamp: object = None
     hops = 0
