@@ -133,3 +133,24 @@ def test_invalid_utf8_becomes_one_replacement_per_bad_byte(raw: bytes) -> None:
     except NotAMessage:
         return  # a control character: Go refuses those too
     assert f.msg_type.count("\ufffd") >= raw.decode("utf-8", "replace").count("\ufffd")
+
+
+@given(
+    st.builds(
+        MessageFields,
+        uuid=st.text(max_size=8),
+        parent_id=st.text(max_size=8),
+        response_to=st.text(max_size=8),
+        msg_type=st.text(max_size=8),
+        timestamp_ns=st.integers(min_value=0, max_value=2**62),
+        utc_offset=st.integers(min_value=-1439, max_value=1439),
+        data=st.binary(max_size=20),
+        hops=st.just(0),
+        data_null=st.booleans(),
+    )
+)
+def test_the_go_layout_fast_path_and_the_general_path_agree(f: MessageFields) -> None:
+    f = f._replace(data_null=f.data_null and not f.data)
+    frame = grav.encode_message(f)
+    general = frame.replace(b'{"meta":', b'{"Meta":', 1)  # same message, not Go's layout
+    assert grav.decode_message(frame) == grav.decode_message(general) == f
