@@ -74,6 +74,7 @@ def test_repeatable_options_and_token_file(tmp_path: Path) -> None:
         (["--discovery", "local", "--discovery", "local"], "given twice"),
         (["--bridge", "orders.created"], "--bridge orders.created: not installed"),
         (["--bridge", "nats"], "--bridge nats needs --nats URL"),
+        (["--bridge", "nats", "--bridge-option", "url=nats://x:1"], "at least one --bridge-type"),
         (["--transport", "carrier-pigeon"], "--transport carrier-pigeon: not installed"),
         (["--slow-pod-policy", "panic"], "--slow-pod-policy"),
         (["--bridge-type", "a.b"], "--bridge-type needs --nats"),

@@ -19,6 +19,7 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python import usage
 from twisted.python.failure import Failure
 
 from txloom import __version__
@@ -213,7 +214,10 @@ class BusNodeService(MultiService):
     def _listen(self) -> None:
         if self._listening is not None:
             return
-        self._build()
+        try:
+            self._build()
+        except (usage.UsageError, ValueError) as e:
+            raise NodeStartError(f"busnode: {e}") from None
         assert self.mesh is not None
         d = self.mesh.start()
         self._listening = d

@@ -303,22 +303,17 @@ class Options(usage.Options):
             if not token:
                 raise usage.UsageError(f"--token-file {self['token-file']} is empty")
             self["token"] = token
-        nats_chosen = any(name == "nats" for name, _ in self["bridges"])
-        if self["bridge"] and not self["nats"]:
+        nats_words = [w for name, words in self["bridges"] if name == "nats" for w in words]
+        nats_on = bool(self["nats"]) or any(name == "nats" for name, _ in self["bridges"])
+        if self["bridge"] and not nats_on:
             raise usage.UsageError("--bridge-type needs --nats URL")
-        if (
-            nats_chosen
-            and not self["nats"]
-            and not any(w.startswith("url=") for name, words in self["bridges"] for w in words)
-        ):
+        if nats_on and not (self["nats"] or any(w.startswith("url=") for w in nats_words)):
             raise usage.UsageError("--bridge nats needs --nats URL")
+        if nats_on and not (self["bridge"] or any(w.startswith("type=") for w in nats_words)):
+            raise usage.UsageError("--nats needs at least one --bridge-type TYPE")
         if self["nats"]:
             if not re.fullmatch(r"(nats|tls)://[^\s/]+", self["nats"]):
                 raise usage.UsageError("--nats must look like nats://HOST:PORT")
-            if not self["bridge"] and not any(
-                w.startswith("type=") for name, words in self["bridges"] for w in words
-            ):
-                raise usage.UsageError("--nats needs at least one --bridge-type TYPE")
             if self["nats-prefix"] and not valid_subject(self["nats-prefix"] + "x"):
                 raise usage.UsageError("--nats-prefix must be subject tokens ending in '.'")
 
