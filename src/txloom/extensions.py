@@ -6,6 +6,10 @@ An extension kind is a factory interface in ``txloom.interfaces`` (``IStorageBac
 ``options`` (a ``usage.Options`` subclass, or None). txloom's own factories and any
 third-party package's are found the same way, by ``twisted.plugin.getPlugins`` over the
 ``twisted.plugins`` namespace, so installing a package that ships a dropin is all it takes.
+Twisted collects only dropin objects that also provide ``twisted.plugin.IPlugin``, so a
+factory class declares both: ``@implementer(IPlugin, IStorageBackendFactory)``. Editable
+installs copy dropins into site-packages and Twisted caches them in ``dropin.cache``:
+after editing a dropin, reinstall the package.
 
 On the command line a factory is chosen by name and configured with ``key=value`` words
 (``--backend sqlite --backend-option path=facts.db``); ``parse_options`` turns those words
