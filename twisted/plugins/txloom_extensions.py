@@ -10,6 +10,9 @@ stays cheap. Sections follow ``txloom.interfaces``.
 # Worker host: IWorkerLauncherFactory
 
 # Reverse RPC: IRPCTransportFactory
+from txloom.rpc.grpc.factory import GrpcTransportFactory
+
+rpc_grpc = GrpcTransportFactory()
 
 # Nested streams: IAddressResolverFactory
 
