@@ -3,8 +3,9 @@
 This is what ``make run`` starts: a store server on 7400 with its write-ahead log under
 ``DATA/store``, the worker host serving its example apps (an echo worker through the
 Locator on 10053, a WSGI hello app over HTTP on 8080), and a bus node (WebSocket mesh on
-8081). Each part is built by its own plugin's ``Options``/``makeService``, exactly as
-``twistd storeserver ...`` would build it, so the all-in-one node never drifts from the
+8081), with one status site for all of them on 9400 (``/healthz``, ``/readyz``,
+``/metrics``). Each part is built by its own plugin's ``Options``/``makeService``, exactly
+as ``twistd storeserver ...`` would build it, so the all-in-one node never drifts from the
 single-purpose plugins; only the arguments are chosen here.
 """
 
@@ -21,9 +22,15 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from txloom.shutdown import CleanExitOnSignal
+from txloom.status.options import status_option, valid_status_endpoint
+from txloom.status.site import StatusService
 from txloom.worker.examples import APPS_DIR
 
 log = Logger()
+
+#: The all-in-one node's status site (/healthz, /readyz, /metrics); single plugins have none
+#: unless asked, the node that ``make run`` starts has it on the loopback interface.
+DEFAULT_STATUS = "tcp:9400:interface=127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,8 @@ class Component:
     name: str
     tap: str
     arguments: Callable[[Options], list[str]]
+    #: ``(module, function)`` giving the part's status ``Watch`` (``txloom.status``).
+    watch: tuple[str, str]
 
 
 def _store_arguments(options: Options) -> list[str]:
@@ -52,9 +61,16 @@ def _bus_arguments(options: Options) -> list[str]:
 
 
 COMPONENTS: tuple[Component, ...] = (
-    Component("store", "txloom.store.tap", _store_arguments),
-    Component("workerhost", "txloom.worker.tap", _worker_arguments),
-    Component("busnode", "txloom.bus.tap", _bus_arguments),
+    Component(
+        "store", "txloom.store.tap", _store_arguments, ("txloom.status.store", "watch_store")
+    ),
+    Component(
+        "workerhost",
+        "txloom.worker.tap",
+        _worker_arguments,
+        ("txloom.status.worker", "watch_worker"),
+    ),
+    Component("busnode", "txloom.bus.tap", _bus_arguments, ("txloom.status.bus", "watch_bus")),
 )
 
 
@@ -100,6 +116,7 @@ class Options(usage.Options):
             "none",
             "Bus node: 'none' or 'local' (Grav-compatible UDP multicast on the LAN).",
         ],
+        status_option(DEFAULT_STATUS),
     ]
 
     def __init__(self) -> None:
@@ -113,10 +130,14 @@ class Options(usage.Options):
             raise usage.UsageError(f"--without {name}: known parts are {', '.join(sorted(known))}")
         self["without"].append(name)
 
+    def postOptions(self) -> None:
+        self["status"] = valid_status_endpoint(self["status"])
+
 
 def makeService(options: Options) -> IService:
     root = MultiService()
     CleanExitOnSignal(reactor).setServiceParent(root)
+    status = StatusService(options["status"], []) if options["status"] else None
     for component in COMPONENTS:
         if component.name in options["without"]:
             continue
@@ -130,9 +151,14 @@ def makeService(options: Options) -> IService:
         service = tap.makeService(sub)
         service.setName(component.name)
         service.setServiceParent(root)
+        if status is not None:
+            module, function = component.watch
+            status.add(getattr(importlib.import_module(module), function)(service))
         log.info(
             "all-in-one: {name} configured with {arguments}",
             name=component.name,
             arguments=" ".join(arguments),
         )
+    if status is not None:
+        status.setServiceParent(root)
     return root

@@ -25,6 +25,8 @@ from txloom.bus.mesh import mesh as mesh_defaults
 from txloom.bus.mesh.urls import DEFAULT_PATH, BadPeerURL, PeerURL
 from txloom.bus.node import BusNodeConfig, BusNodeService
 from txloom.shutdown import CleanExitOnSignal
+from txloom.status.options import status_option, valid_status_endpoint
+from txloom.status.site import StatusService
 from txloom.wire.grav import MAX_HOPS
 
 __all__ = ["Options", "makeService"]
@@ -189,6 +191,7 @@ class Options(usage.Options):
             "",
             "Prefix of the NATS subjects (the subject of a message is PREFIX + its type).",
         ],
+        status_option(),
     ]
 
     optFlags = [
@@ -231,6 +234,7 @@ class Options(usage.Options):
         return self
 
     def postOptions(self) -> None:
+        self["status"] = valid_status_endpoint(self["status"])
         if self["listen"] == "none":
             self["listen"] = None
         else:
@@ -319,4 +323,8 @@ def makeService(options: Options) -> BusNodeService:
     """
     node = BusNodeService(options.config(), exit_on_failure=True)
     CleanExitOnSignal(node.reactor).setServiceParent(node)
+    if options["status"]:
+        from txloom.status.bus import watch_bus  # noqa: PLC0415 - only when asked for
+
+        StatusService(options["status"], [watch_bus(node)]).setServiceParent(node)
     return node

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -63,6 +64,11 @@ class StoreServerFactory(Factory):
         self.router = RequestRouter(self)
         self.connections: set[StoreServerProtocol] = set()
         self.facts_written = 0
+        #: write_fact requests taken (facts_written counts those acknowledged).
+        self.write_requests = 0
+        #: Called with the seconds from a write_fact request to its acknowledgement
+        #: (the status site's latency histogram); None: nothing measured.
+        self.on_write_acked: Callable[[float], Any] | None = None
         self.started = time.monotonic()
         self.ready = False
         self.draining = False

@@ -19,6 +19,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from txloom.shutdown import CleanExitOnSignal
+from txloom.status.options import status_option, valid_status_endpoint
+from txloom.status.site import StatusService
 from txloom.store.config import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_LISTEN,
@@ -177,6 +179,7 @@ class Options(usage.Options):
             "Seconds a shutdown waits for clients to take their last answers.",
             _positive_float("drain-timeout"),
         ],
+        status_option(),
     ]
 
     def __init__(self) -> None:
@@ -195,6 +198,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         from twisted.internet import reactor  # noqa: PLC0415 - only to parse endpoints
 
+        self["status"] = valid_status_endpoint(self["status"])
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:
@@ -245,4 +249,8 @@ def makeService(options: Options) -> StoreService:
     """The store server for ``twistd``: a start failure exits 1, SIGTERM drains and exits 0."""
     service = StoreService(options.config, exit_on_failure=True)
     CleanExitOnSignal(service.reactor).setServiceParent(service)
+    if options["status"]:
+        from txloom.status.store import watch_store  # noqa: PLC0415 - only when asked for
+
+        StatusService(options["status"], [watch_store(service)]).setServiceParent(service)
     return service

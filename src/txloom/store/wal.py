@@ -72,6 +72,9 @@ class WriteAheadLog:
         self.volumes = volumes
         self.max_frame_size = max_frame_size
         self.segments: list[Segment] = []
+        #: fsyncs of the log and the seconds they took (for the status site's metrics).
+        self.syncs = 0
+        self.sync_seconds = 0.0
 
     @property
     def active(self) -> Segment:
@@ -180,7 +183,10 @@ class WriteAheadLog:
 
     def sync(self) -> None:
         if self.segments:
+            started = time.monotonic()
             self.active.volume.sync()
+            self.syncs += 1  # read by the status site; written on the writer thread only
+            self.sync_seconds += time.monotonic() - started
 
     def rotate(self, base: int) -> None:
         """Start ``wal-<base>.log``; earlier segments become read-only."""

@@ -21,6 +21,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from txloom.shutdown import CleanExitOnSignal
+from txloom.status.options import status_option, valid_status_endpoint
+from txloom.status.site import StatusService
 from txloom.wire.cocaine import DEFAULT_MAX_MESSAGE_SIZE
 from txloom.worker.connection import default_reactor
 from txloom.worker.host import (
@@ -93,9 +95,11 @@ class Options(usage.Options):
             str(DEFAULT_MAX_MESSAGE_SIZE),
             "Largest protocol message accepted from a client, in bytes.",
         ],
+        status_option(),
     ]
 
     def postOptions(self) -> None:
+        self["status"] = valid_status_endpoint(self["status"])
         if not self["apps"]:
             raise usage.UsageError("--apps DIR is required (a directory of app manifests)")
         apps = Path(self["apps"])
@@ -143,4 +147,8 @@ def makeService(options: Options) -> WorkerHost:
         max_message_size=options["max-message-size"],
     )
     CleanExitOnSignal(host.reactor).setServiceParent(host)
+    if options["status"]:
+        from txloom.status.worker import watch_worker  # noqa: PLC0415 - only when asked for
+
+        StatusService(options["status"], [watch_worker(host)]).setServiceParent(host)
     return host

@@ -312,6 +312,10 @@ class WebSocketMesh:
             )
         return out
 
+    def peer_connections(self) -> dict[str, MeshConnection]:
+        """Each registered peer's connection by node uuid (status and metrics read them)."""
+        return dict(self._peers)
+
     def wait_for_peers(self, count: int) -> Deferred[None]:
         """Fires once at least ``count`` peers are connected."""
         d: Deferred[None] = Deferred()
@@ -495,6 +499,7 @@ class WebSocketMesh:
         payload = encode_message(msg)
         for conn in targets:
             conn.send_payload(payload)
+            conn.sent += 1
         self.stats.sent += 1
 
     def _message_from(self, conn: MeshConnection, fields: MessageFields) -> None:
@@ -502,6 +507,7 @@ class WebSocketMesh:
             self.stats.duplicates += 1
             return
         self.stats.received += 1
+        conn.received += 1
         msg = Message.from_fields(fields)
         self._post(msg, self._pod)
         if self.relay and fields.hops + 1 < self.hop_limit:
@@ -510,6 +516,8 @@ class WebSocketMesh:
                 payload = encode_message(msg, fields.hops + 1)
                 for other in others:
                     other.send_payload(payload)
+                    other.sent += 1
+                conn.relayed += 1
                 self.stats.relayed += 1
 
     def _foreign_from(self, conn: MeshConnection, data: bytes) -> None:

@@ -123,6 +123,10 @@ class MeshConnection:
         self.withdraw_acked: Deferred[None] | None = None
         self.closed: Deferred[None] = Deferred()
         self.dropped = 0
+        #: Messages sent to, received from, and relayed on from this peer (for metrics).
+        self.sent = 0
+        self.received = 0
+        self.relayed = 0
         self._deadline: Any = None
         self._noted_foreign = False
         mesh._connection_made(self)
