@@ -15,12 +15,14 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet import reactor
 from twisted.logger import Logger
 from twisted.python import usage
 
+from txloom.config import PluginOptions, section_arguments
 from txloom.shutdown import CleanExitOnSignal
 from txloom.status.options import status_option, valid_status_endpoint
 from txloom.status.site import StatusService
@@ -74,13 +76,14 @@ COMPONENTS: tuple[Component, ...] = (
 )
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
     synopsis = "[options]"
     longdesc = (
         "Run every txloom server in one process with embedded defaults: nothing to install "
         "or configure first. Each part can be run on its own with its own plugin "
         "(twistd storeserver, ...) for production use. Data is kept under --data."
     )
+    config_section = "txloom"
     optParameters = [
         ["data", "d", "var", "Directory for all persistent state (store WAL and snapshots)."],
         [
@@ -132,22 +135,42 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["status"] = valid_status_endpoint(self["status"])
+        # every part's options are checked now, so that a bad value is a usage error
+        self.parts: list[tuple[Component, Any, usage.Options, list[str]]] = []
+        for component in COMPONENTS:
+            if component.name in self["without"]:
+                continue
+            tap = importlib.import_module(component.tap)
+            sub = tap.Options()
+            arguments = _part_arguments(self, component, sub)
+            try:
+                sub.parseOptions(arguments)
+            except usage.UsageError as e:
+                raise usage.UsageError(f"{component.name}: {e}") from e
+            self.parts.append((component, tap, sub, arguments))
+
+
+def _part_arguments(options: Options, component: Component, sub: usage.Options) -> list[str]:
+    """The node's arguments for a part, with its config file section's keys replacing them."""
+    arguments = component.arguments(options)
+    table = options.config_file.get(component.name)
+    if not table:
+        return arguments
+    where = f"--config {options.config_path}: [{component.name}]"
+    from_file = section_arguments(table, sub, where)
+    named = {a for a in from_file if a.startswith("--")}
+    kept = []
+    for name, value in zip(arguments[::2], arguments[1::2], strict=True):
+        if name not in named:
+            kept += [name, value]
+    return kept + from_file
 
 
 def makeService(options: Options) -> IService:
     root = MultiService()
     CleanExitOnSignal(reactor).setServiceParent(root)
     status = StatusService(options["status"], []) if options["status"] else None
-    for component in COMPONENTS:
-        if component.name in options["without"]:
-            continue
-        tap = importlib.import_module(component.tap)
-        sub = tap.Options()
-        arguments = component.arguments(options)
-        try:
-            sub.parseOptions(arguments)
-        except usage.UsageError as e:
-            raise usage.UsageError(f"{component.name}: {e}") from e
+    for component, tap, sub, arguments in options.parts:
         service = tap.makeService(sub)
         service.setName(component.name)
         service.setServiceParent(root)

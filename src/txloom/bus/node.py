@@ -25,13 +25,13 @@ from txloom.bus.mesh import mesh as mesh_defaults
 from txloom.bus.mesh.mesh import WebSocketMesh
 from txloom.bus.mesh.urls import DEFAULT_PATH
 from txloom.bus.status import MessageLog, StatusResponder
-from txloom.shutdown import stop_and_exit
+from txloom.shutdown import StartFailed, stop_and_exit
 from txloom.wire.grav import Announcement
 
 __all__ = ["BusNodeConfig", "BusNodeService", "NodeStartError"]
 
 
-class NodeStartError(SystemExit):
+class NodeStartError(StartFailed):
     """The node cannot start (its port is taken, say); the message is one readable line."""
 
 

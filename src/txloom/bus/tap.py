@@ -18,12 +18,14 @@ from pathlib import Path
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from txloom import systemd
 from txloom.bus.bridge.subjects import valid_subject
 from txloom.bus.buffer import DEFAULT_REPLAY_SIZE
 from txloom.bus.bus import DEFAULT_POD_QUEUE_LIMIT
 from txloom.bus.mesh import mesh as mesh_defaults
 from txloom.bus.mesh.urls import DEFAULT_PATH, BadPeerURL, PeerURL
 from txloom.bus.node import BusNodeConfig, BusNodeService
+from txloom.config import PluginOptions
 from txloom.shutdown import CleanExitOnSignal
 from txloom.status.options import status_option, valid_status_endpoint
 from txloom.status.site import StatusService
@@ -43,7 +45,9 @@ def _positive(kind: type) -> object:
     return convert
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
+    config_section = "busnode"
+
     synopsis = "[options]"
     longdesc = (
         "Run a message bus node: an in-process bus of pods, meshed over WebSocket with other "
@@ -323,6 +327,7 @@ def makeService(options: Options) -> BusNodeService:
     """
     node = BusNodeService(options.config(), exit_on_failure=True)
     CleanExitOnSignal(node.reactor).setServiceParent(node)
+    systemd.ready_when()
     if options["status"]:
         from txloom.status.bus import watch_bus  # noqa: PLC0415 - only when asked for
 

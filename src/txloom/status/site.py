@@ -22,6 +22,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from txloom.shutdown import StartFailed
+
 __all__ = ["ReadinessCheck", "StatusService", "Watch", "status_site"]
 
 #: A readiness check: ``None`` when ready, else why not (one short line).
@@ -136,7 +138,7 @@ class StatusService(Service):
         endpoint.listen(status_site(self.watches, self.registry)).addBoth(result.append)
         if not result or not hasattr(result[0], "getHost"):
             reason = result[0].getErrorMessage() if result else "did not bind at once"
-            raise SystemExit(f"status: cannot listen on {self.endpoint}: {reason}")
+            raise StartFailed(f"status: cannot listen on {self.endpoint}: {reason}")
         self.port = result[0]
         host, port = self.address or ("?", 0)
         self.log.info(

@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txloom.shutdown import stop_and_exit
+from txloom.shutdown import StartFailed, stop_and_exit
 from txloom.store.backend import StoreBackend, file_backend, memory_backend
 from txloom.store.config import StoreConfig
 from txloom.store.directory import DataDirectoryLocked
@@ -219,7 +219,7 @@ class StoreService(MultiService):
             self.ready.errback(StoreStartError(message))
             self.ready.addErrback(lambda _: None)
         if self.exit_on_failure:
-            raise SystemExit(f"storeserver: {message}")
+            raise StartFailed(f"storeserver: {message}")
         raise StoreStartError(message)
 
     def startService(self) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from txloom import systemd
+from txloom.config import PluginOptions
 from txloom.shutdown import CleanExitOnSignal
 from txloom.status.options import status_option, valid_status_endpoint
 from txloom.status.site import StatusService
@@ -70,7 +72,9 @@ def _positive_float(name: str) -> Any:
     return _positive(float, name, "a number of seconds")
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
+    config_section = "store"
+
     synopsis = "[--listen ENDPOINT]... [--data DIR] [--backend file|memory] [options]"
     longdesc = (
         "Durable fact store server speaking the Igniter store wire protocol (CRC32-framed "
@@ -249,6 +253,7 @@ def makeService(options: Options) -> StoreService:
     """The store server for ``twistd``: a start failure exits 1, SIGTERM drains and exits 0."""
     service = StoreService(options.config, exit_on_failure=True)
     CleanExitOnSignal(service.reactor).setServiceParent(service)
+    systemd.ready_when(service.ready)
     if options["status"]:
         from txloom.status.store import watch_store  # noqa: PLC0415 - only when asked for
 

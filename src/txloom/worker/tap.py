@@ -20,7 +20,9 @@ from pathlib import Path
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from txloom.shutdown import CleanExitOnSignal
+from txloom import systemd
+from txloom.config import PluginOptions
+from txloom.shutdown import CleanExitOnSignal, StartFailed
 from txloom.status.options import status_option, valid_status_endpoint
 from txloom.status.site import StatusService
 from txloom.wire.cocaine import DEFAULT_MAX_MESSAGE_SIZE
@@ -44,7 +46,9 @@ def default_runtime_dir() -> str:
     return str(Path(tempfile.gettempdir()) / f"txloom-{os.getuid()}")
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
+    config_section = "workerhost"
+
     synopsis = "--apps DIR [--runtime DIR] [--locator ENDPOINT] [--http ENDPOINT] [options]"
     longdesc = (
         "Run txloom's worker host: an app engine that speaks the Cocaine v12 protocols. "
@@ -132,7 +136,7 @@ class CommandLineWorkerHost(WorkerHost):
         try:
             super().startService()
         except HostError as e:
-            raise SystemExit(f"workerhost: {e}") from None
+            raise StartFailed(f"workerhost: {e}") from None
 
 
 def makeService(options: Options) -> WorkerHost:
@@ -147,6 +151,7 @@ def makeService(options: Options) -> WorkerHost:
         max_message_size=options["max-message-size"],
     )
     CleanExitOnSignal(host.reactor).setServiceParent(host)
+    systemd.ready_when()
     if options["status"]:
         from txloom.status.worker import watch_worker  # noqa: PLC0415 - only when asked for
 
