@@ -44,16 +44,6 @@ def test_sub_prints_what_pub_sends(node: str) -> None:
         assert "not for the subscriber" not in sub.output
 
 
-def test_pub_waits_for_a_reply_and_stats_describe_the_node(node: str) -> None:
-    run = txloom("bus", "pub", "--node", node, "--reply", "txloom.node.status")
-    assert run.returncode == 0, run.stderr
-    reply = json.loads(run.stdout)
-    assert reply["type"] == "txloom.node.status.reply"
-    assert json.loads(reply["data"])["version"]
-    text = txloom("bus", "stats", "--node", node).stdout
-    assert "peers:" in text and "mesh:" in text
-
-
 def test_an_unreachable_node_is_status_3() -> None:
     run = txloom("bus", "stats", "--node", "ws://127.0.0.1:1/meta/message", "--timeout", "0.5")
     assert run.returncode == 3
