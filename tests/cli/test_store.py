@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support.cli import txloom, txloom_child
+from support.cli import TXLOOM, txloom, txloom_child
 from support.processes import twistd
 from support.waiting import until_blocking
 from txloom.cli import main
@@ -96,6 +98,18 @@ def test_the_console_script_in_a_pipe_and_tail(server: str) -> None:
     assert (run.returncode, run.stdout, run.stderr) == (0, "written: 1\n", "")  # no bar
     replayed = lines(txloom("store", "replay", "--store", "piped", env=env).stdout)
     assert [f["key"] for f in replayed] == ["p1"]
+    # many writes are pipelined (a window of them shares the server's fsyncs), in order
+    many = "".join(json.dumps({"store": "bulk", "key": n, "value": n}) + "\n" for n in range(300))
+    run = txloom("store", "write", "--window", "16", input=many, env=env)
+    assert (run.returncode, run.stdout) == (0, "written: 300\n"), run.stderr
+    bulk = lines(txloom("store", "replay", "--store", "bulk", "--page-size", "100", env=env).stdout)
+    assert [f["key"] for f in bulk] == list(range(300))
+    # a reader that goes away ends the command quietly
+    run = subprocess.run(
+        f"{TXLOOM} store replay --store bulk | head -1",
+        shell=True, capture_output=True, text=True, env={**os.environ, **env}, timeout=60,
+    )  # fmt: skip
+    assert run.stdout.count("\n") == 1 and run.stderr == ""
 
     with txloom_child(["store", "tail", "--server", server, "--store", "live"]) as tail:
         until_blocking(
@@ -119,6 +133,8 @@ def test_the_console_script_in_a_pipe_and_tail(server: str) -> None:
         (["store", "replay", "--since", "-1"], "", 2, "--since: must not be negative"),
         (["store", "frobnicate"], "", 2, "invalid choice: 'frobnicate'"),
         (["store", "snapshot", "/nonexistent.jsonl"], "", 1, "No such file"),
+        (["store", "write"], '{"store":"s","value":1e400}\n', 1, "line 1: not a fact"),
+        (["store", "write"], '{"store":"s","value":"%s"}\n' % ("x" * 2**24), 1, "frame_too_large"),
     ],
 )
 def test_failures_say_why_in_one_line_with_their_status(

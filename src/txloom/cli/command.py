@@ -13,7 +13,7 @@ subcommand and turns its outcome into an exit status (see ``txloom.cli.output``)
 from __future__ import annotations
 
 import argparse
-import signal
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -56,11 +56,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code
     except KeyboardInterrupt:
         return EXIT_OK if getattr(args, "interruptible", False) else EXIT_FAILED
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly, as any Unix filter does
+        _quiet_stdout()
+        return EXIT_OK
     return EXIT_OK if code is None else code
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def run() -> None:
     """The ``txloom`` console script."""
-    # a reader that goes away (`| head`) ends the command quietly, as for any Unix filter
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())

@@ -27,9 +27,9 @@ from txloom.cli.output import (
     print_fields,
     write_json_line,
 )
-from txloom.store.blocking import DEFAULT_TIMEOUT, NetworkBackend
+from txloom.store.blocking import DEFAULT_TIMEOUT, DEFAULT_WRITE_WINDOW, NetworkBackend
 from txloom.store.errors import StoreConnectionError, StoreError
-from txloom.store.fact import Fact, InvalidFact
+from txloom.store.fact import Fact
 
 __all__ = ["DEFAULT_PAGE_SIZE", "DEFAULT_SERVER", "add_parser"]
 
@@ -91,6 +91,13 @@ def add_parser(groups: Any) -> None:
     )
     sub.add_argument("--key", metavar="KEY", help="key of the fact (a string)")
     sub.add_argument("--value", default="null", metavar="JSON", help="value of the fact, as JSON")
+    sub.add_argument(
+        "--window",
+        type=_positive,
+        default=DEFAULT_WRITE_WINDOW,
+        metavar="N",
+        help="writes sent before their answers (default: %(default)s)",
+    )
     sub.add_argument("--json", action="store_true", help="print the summary as JSON")
     progress_flags(sub)
 
@@ -165,20 +172,15 @@ def _client(args: argparse.Namespace) -> Iterator[NetworkBackend]:
     transport = "tcp"
     if server.startswith("unix:"):
         transport, server = "unix", server[len("unix:") :]
-    token = None
-    if args.token_file:
-        try:
-            with open(args.token_file, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as e:
-            raise CommandFailed(f"--token-file: {e.strerror}: {e.filename}") from None
     try:
-        with NetworkBackend(server, transport, token=token, timeout=args.timeout) as client:
+        with NetworkBackend(server, transport, token=_token(args), timeout=args.timeout) as client:
             yield client
     except StoreConnectionError as e:
         raise CommandFailed(str(e), EXIT_UNAVAILABLE) from None
     except StoreError as e:
         raise CommandFailed(str(e)) from None
+    except BrokenPipeError:  # our reader went away, not the server
+        raise
     except OSError as e:  # a socket timeout
         raise CommandFailed(f"{args.server}: {e}", EXIT_UNAVAILABLE) from None
 
@@ -189,46 +191,47 @@ def _read_facts(stream: TextIO) -> Iterator[Fact]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-            fact = Fact.from_dict(obj)
-        except (ValueError, RecursionError) as e:
+            fact = Fact.from_dict(json.loads(line))
+            if fact.id is None:
+                fact = Fact.build(
+                    store=fact.store,
+                    key=fact.key,
+                    value=fact.value,
+                    causation=fact.causation,
+                    valid_time=fact.valid_time,
+                    producer=fact.producer,
+                    derivation=fact.derivation,
+                )
+        except (ValueError, RecursionError) as e:  # InvalidFact is a ValueError
             raise CommandFailed(f"line {number}: not a fact: {e}") from None
-        if fact.id is None:
-            fact = Fact.build(
-                store=fact.store,
-                key=fact.key,
-                value=fact.value,
-                causation=fact.causation,
-                valid_time=fact.valid_time,
-                producer=fact.producer,
-                derivation=fact.derivation,
-            )
         yield fact
 
 
 def _write(args: argparse.Namespace) -> None:
     if args.store is not None:
         try:
-            value = json.loads(args.value)
+            facts: Any = [Fact.build(store=args.store, key=args.key, value=json.loads(args.value))]
         except ValueError:
             raise CommandFailed(
                 f"--value must be JSON (quote a string: '\"text\"'), not {args.value!r}"
             ) from None
-        facts: Any = [Fact.build(store=args.store, key=args.key, value=value)]
     elif sys.stdin.isatty():
         raise CommandFailed("give --store (one fact) or facts as JSON lines on stdin")
     else:
         facts = _read_facts(sys.stdin)
-    written = 0
     with _client(args) as client, Progress("write", None, args.progress) as progress:
-        try:
-            for fact in facts:
-                client.write_fact(fact)
-                written += 1
-                progress.update()
-        except InvalidFact as e:
-            raise CommandFailed(f"fact {written + 1}: {e}") from None
+        written = client.write_facts(facts, args.window, lambda n: progress.update())
     print_fields({"written": written}, args.json)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if not args.token_file:
+        return None
+    try:
+        with open(args.token_file, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as e:
+        raise CommandFailed(f"--token-file: {e.strerror}: {e.filename}") from None
 
 
 def _replay(args: argparse.Namespace) -> None:
@@ -250,7 +253,11 @@ def _tail(args: argparse.Namespace) -> None:
         nonlocal printed
         if done.is_set():
             return
-        write_json_line({**fact.to_dict(), "seq": fact.seq})
+        try:
+            write_json_line({**fact.to_dict(), "seq": fact.seq})
+        except BrokenPipeError:  # the reader went away: end the tail
+            done.set()
+            return
         printed += 1
         if args.count is not None and printed >= args.count:
             done.set()
