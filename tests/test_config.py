@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
-from support.processes import BIN_DIR, twistd
-from support.status import STATUS_LISTENING, scrape
-from support.store import short_tempdir
+from support.processes import BIN_DIR
 from txloom.allinone import Options as NodeOptions
 from txloom.store.tap import Options as StoreOptions
 
@@ -90,31 +88,3 @@ def test_under_twistd_a_bad_value_is_one_line_naming_the_option() -> None:
     assert run.stderr == (
         "twistd storeserver: --fsync must be always, never or interval:MS, not 'sometimes'\n"
     )
-
-
-@pytest.mark.slow
-def test_twistd_txloom_runs_from_a_config_file(tmp_path: Path) -> None:
-    with short_tempdir() as runtime:
-        config = write(
-            tmp_path,
-            f"""
-[txloom]
-data = "{tmp_path / "data"}"
-store-listen = "tcp:0:interface=127.0.0.1"
-locator = "tcp:0:interface=127.0.0.1"
-http = "tcp:0:interface=127.0.0.1"
-bus-listen = "tcp:0:interface=127.0.0.1"
-status = "tcp:0:interface=127.0.0.1"
-runtime = "{runtime}"
-
-[store]
-fsync = "never"
-""",
-        )
-        node = twistd("txloom", "--config", config)
-        with node.start():
-            node.wait_for(r"storeserver: backend file .* fsync never")
-            status = node.wait_for(STATUS_LISTENING).group(1)
-            node.wait_for("worker host ready")
-            assert scrape(status)["txloom_store_ready"] == 1
-            assert node.terminate() == 0

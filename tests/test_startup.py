@@ -1,5 +1,6 @@
 """Daemon mode (no ``-n``) tells the truth: a failed start exits 1 with the reason on stderr
-and leaves no pidfile, for every plugin."""
+and leaves no pidfile, for every plugin (the store's case runs in docs/operating.md's
+test)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from support.store import short_tempdir
 @pytest.mark.parametrize(
     ("plugin", "args"),
     [
-        ("storeserver", ["--listen", "tcp:{port}:interface=127.0.0.1", "--data", "{tmp}/d"]),
         ("busnode", ["--listen", "tcp:{port}:interface=127.0.0.1"]),
         (
             "workerhost",
