@@ -24,7 +24,7 @@ from support.processes import BIN_DIR, ChildProcess, free_port
 DOC = Path(__file__).resolve().parents[1] / "docs" / "operating.md"
 
 #: The well-known ports the page uses.
-PORTS = (7400, 7401, 7402, 8080, 8081, 9400, 10053)
+PORTS = (7400, 7401, 7402, 7410, 8080, 8081, 9400, 10053)
 
 
 def blocks() -> list[tuple[str, str]]:
@@ -51,7 +51,7 @@ def test_every_example_runs(tmp_path: Path) -> None:
 
     def local(text: str) -> str:
         return re.sub(
-            r"\b(7400|7401|7402|8080|8081|9400|10053)\b", lambda m: str(ports[int(m[1])]), text
+            r"\b(7400|7401|7402|7410|8080|8081|9400|10053)\b", lambda m: str(ports[int(m[1])]), text
         )
 
     env = {

@@ -20,8 +20,9 @@ from pathlib import Path
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from txloom import systemd
+from txloom import extensions, systemd
 from txloom.config import PluginOptions
+from txloom.interfaces import IStreamServiceFactory
 from txloom.shutdown import CleanExitOnSignal, StartFailed
 from txloom.status.options import status_option, valid_status_endpoint
 from txloom.status.site import StatusService
@@ -94,6 +95,15 @@ class Options(PluginOptions):
             "debug, info, warning or error.",
         ],
         [
+            "streams",
+            None,
+            None,
+            "Endpoint string for nested-stream services hosted next to the apps, e.g. "
+            "tcp:7410 (off unless given; each --stream-service is registered with the "
+            "Locator at this address).",
+        ],
+        ["streams-token", None, None, "Shared token every nested-streams request must carry."],
+        [
             "max-message-size",
             None,
             str(DEFAULT_MAX_MESSAGE_SIZE),
@@ -102,8 +112,31 @@ class Options(PluginOptions):
         status_option(),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["stream-services"] = []
+
+    def opt_stream_service(self, value: str) -> None:
+        """'NAME [key=value ...]': serve the stream service NAME with --streams (repeatable)."""
+        self["stream-services"].append(value)
+
+    def _stream_services(self) -> None:
+        words = [v.split() for v in self["stream-services"]]
+        if words and not self["streams"]:
+            raise usage.UsageError("--stream-service needs --streams ENDPOINT")
+        if self["streams"] and not words:
+            raise usage.UsageError("--streams needs at least one --stream-service NAME")
+        chosen = []
+        for name, *settings in words:
+            factory = extensions.choose(IStreamServiceFactory, name, "--stream-service")
+            chosen.append(
+                (factory, extensions.parse_options(factory, settings, "--stream-service"))
+            )
+        self["stream-services"] = chosen
+
     def postOptions(self) -> None:
         self["status"] = valid_status_endpoint(self["status"])
+        self._stream_services()
         if not self["apps"]:
             raise usage.UsageError("--apps DIR is required (a directory of app manifests)")
         apps = Path(self["apps"])
@@ -120,7 +153,7 @@ class Options(PluginOptions):
                 raise ValueError
         except ValueError:
             raise usage.UsageError("--max-message-size must be an integer >= 1024") from None
-        for name in ("locator", "http"):
+        for name in ("locator", "http", "streams"):
             if self[name] is None:
                 continue
             try:
@@ -150,6 +183,17 @@ def makeService(options: Options) -> WorkerHost:
         verbosity=VERBOSITY[options["verbosity"]],
         max_message_size=options["max-message-size"],
     )
+    if options["streams"]:
+        from txloom.worker.stream_mount import StreamMount  # noqa: PLC0415 - only if asked
+
+        services = {f.name: f.source_function(o) for f, o in options["stream-services"]}
+        token = options["streams-token"]
+        StreamMount(
+            host,
+            options["streams"],
+            services,
+            token=token.encode() if token else None,
+        ).setServiceParent(host)
     CleanExitOnSignal(host.reactor).setServiceParent(host)
     systemd.ready_when()
     if options["status"]:
