@@ -7,15 +7,18 @@ responses by status code; an app is a label, so a new app needs no new metric.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import Metric
 
 from txloom.status.metrics import ServerCollector, counter, gauge
 from txloom.status.site import Watch
+from txloom.worker.pool import RUNNING
 
 if TYPE_CHECKING:
     from txloom.worker.host import WorkerHost
+    from txloom.worker.pool import WorkerPool
 
 __all__ = ["watch_worker"]
 
@@ -25,8 +28,8 @@ _APP = ("app",)
 def watch_worker(host: WorkerHost) -> Watch:
     """The worker host's metrics and readiness checks."""
 
-    def per_app(value: object) -> dict[tuple[str, ...], float]:
-        return {(name,): value(pool) for name, pool in sorted(host.pools.items())}  # type: ignore[operator]
+    def per_app(value: Callable[[WorkerPool], float]) -> dict[tuple[str, ...], float]:
+        return {(name,): value(pool) for name, pool in sorted(host.pools.items())}
 
     def gather() -> list[Metric]:
         families = [
@@ -83,7 +86,7 @@ def watch_worker(host: WorkerHost) -> Watch:
         return None if host.locator_address[1] else "the Locator is not listening"
 
     def spawnable() -> str | None:
-        broken = sorted(name for name, pool in host.pools.items() if pool.state != "running")
+        broken = sorted(name for name, pool in host.pools.items() if pool.state != RUNNING)
         return f"apps not running: {', '.join(broken)}" if broken else None
 
     return Watch(
