@@ -122,8 +122,7 @@ class PluginOptions(usage.Options):
         self.config_path: str | None = None
 
     def opt_config(self, path: str) -> None:
-        """TOML file with this plugin's options in its section (see docs/operating.md);
-        the command line wins over it."""
+        """TOML file of options, a section per part (docs/operating.md); the command line wins."""
         # only reached when parseOptions was bypassed; the file is read there
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
