@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.txloom-installed
 
 .PHONY: run test lint bench clean
 
-$(STAMP): pyproject.toml examples/txloom-extras/pyproject.toml
+# the dropins too: an editable install copies them into site-packages
+$(STAMP): pyproject.toml examples/txloom-extras/pyproject.toml twisted/plugins/*.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
