@@ -40,7 +40,10 @@ def watch_bus(node: BusNodeService) -> Watch:
         bus, mesh = node.bus, node.mesh
         if bus is None or mesh is None:
             return []
-        peers = sorted(mesh.peer_connections().items())
+        # another mesh transport may not count per peer or keep mesh stats
+        connections = getattr(mesh, "peer_connections", None)
+        peers = sorted(connections().items()) if connections is not None else []
+        mesh_stats = getattr(mesh, "stats", None)
         families = [
             gauge("txloom_bus_peers", "Peers connected.", len(peers)),
             gauge("txloom_bus_pods", "Pods on the node's bus.", len(bus.pods)),
@@ -48,9 +51,15 @@ def watch_bus(node: BusNodeService) -> Watch:
             counter("txloom_bus_dropped", "Pod copies dropped (slow pods).", bus.stats.dropped),
             counter("txloom_bus_pauses", "Times slow pods paused the bus.", bus.stats.pauses),
             gauge("txloom_bus_paused", "1 while slow pods hold the bus paused.", int(bus.paused)),
-            counter("txloom_bus_mesh_duplicates", "Messages seen twice.", mesh.stats.duplicates),
             counter(
-                "txloom_bus_mesh_foreign", "Frames that were not messages.", mesh.stats.foreign
+                "txloom_bus_mesh_duplicates",
+                "Messages seen twice.",
+                getattr(mesh_stats, "duplicates", 0),
+            ),
+            counter(
+                "txloom_bus_mesh_foreign",
+                "Frames that were not messages.",
+                getattr(mesh_stats, "foreign", 0),
             ),
             gauge(
                 "txloom_bus_pod_queue_depth",
@@ -70,7 +79,7 @@ def watch_bus(node: BusNodeService) -> Watch:
                     name,
                     text,
                     labels=_PEER,
-                    samples={(uuid,): getattr(conn, attribute) for uuid, conn in peers},
+                    samples={(uuid,): getattr(conn, attribute, 0) for uuid, conn in peers},
                 )
             )
         bridge = node.bridge
@@ -80,14 +89,14 @@ def watch_bus(node: BusNodeService) -> Watch:
                 gauge(
                     "txloom_bus_bridge_connected",
                     "1 while NATS is connected.",
-                    int(bool(described["connected"])),
+                    int(bool(described.get("connected"))),
                 )
             )
             families.append(
                 gauge(
                     "txloom_bus_bridge_unconfirmed",
                     "Messages NATS has not confirmed.",
-                    described["unconfirmed"],
+                    described.get("unconfirmed", 0),
                 )
             )
             for key, text in BRIDGE_COUNTERS.items():
@@ -98,12 +107,13 @@ def watch_bus(node: BusNodeService) -> Watch:
         mesh = node.mesh
         if node.config.listen is None:
             return None
-        return None if mesh is not None and mesh.port is not None else "not listening"
+        listening = mesh is not None and getattr(mesh, "port", None) is not None
+        return None if listening else "not listening"
 
     def bridged() -> str | None:
         if node.bridge is None:
             return None
-        return None if node.bridge.describe()["connected"] else "NATS not connected"
+        return None if node.bridge.describe().get("connected") else "bridge not connected"
 
     return Watch(
         "bus",
