@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.txloom-installed
 
 .PHONY: run test lint bench clean
 
-# the dropins too: an editable install copies them into site-packages
-$(STAMP): pyproject.toml examples/txloom-extras/pyproject.toml twisted/plugins/*.py
+# The dropins are copied into site-packages by the editable install: edits reinstall.
+$(STAMP): pyproject.toml examples/txloom-extras/pyproject.toml twisted/plugins/*.py \
+		examples/txloom-extras/twisted/plugins/*.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
