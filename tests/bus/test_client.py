@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 import pytest_twisted
-from twisted.internet import threads
+from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 
 from support.bus import Inbox, until, within
 from support.bus_peer import BINARY, PeerClosed, RawGravListener, RawGravPeer
@@ -165,6 +166,33 @@ async def test_a_slow_client_loses_its_copies_and_stalls_no_one() -> None:
     finally:
         raw.close()
         await fast.close()
+        await node.bus.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_disconnect_policy_closes_a_slow_client() -> None:
+    node = await Node(client_backlog_limit=64 * 1024, slow_client_policy="disconnect").start()
+    port = node.mesh.listening_port
+
+    def stalled_client() -> RawGravPeer:
+        raw = RawGravPeer(port, headers={"Sec-WebSocket-Protocol": CLIENT_PROTOCOL})
+        raw.handshake("00000000-0000-4000-8000-000000000002")
+        return raw
+
+    raw = await within(threads.deferToThread(stalled_client))
+    try:
+        await until(lambda: node.clients == 1, what="the client attached")
+        sender = node.bus.connect()
+        payload = b"x" * 8192
+        while node.clients and node.mesh.clients.dropped == 0:  # type: ignore[union-attr]
+            for _ in range(50):
+                sender.send(Message.new("load", payload))
+            node.bus.flush()
+            await deferLater(reactor, 0, lambda: None)  # one reactor turn: the node writes
+        await until(lambda: node.clients == 0, what="the slow client closed")
+        assert await within(threads.deferToThread(raw.wait_closed)) == 4008
+    finally:
+        raw.close()
         await node.bus.stop()
 
 
