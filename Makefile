@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.txloom-installed
 
 .PHONY: run test lint bench clean
 
-$(STAMP): pyproject.toml examples/txloom-extras/pyproject.toml
+$(STAMP): pyproject.toml examples/txloom-extras/pyproject.toml $(wildcard twisted/plugins/*.py)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

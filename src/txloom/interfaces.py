@@ -218,6 +218,17 @@ class IWorkerLauncher(Interface):
         """
 
 
+class IWorkerLauncherFactory(IExtensionFactory):
+    """Builds an ``IWorkerLauncher`` (found as a Twisted plugin: ``--launcher NAME``)."""
+
+    def launcher(reactor, options):  # type: ignore[misc]
+        """An ``IWorkerLauncher`` starting workers with ``reactor``.
+
+        ``options`` is the factory's own Options, parsed from ``--launcher-option
+        key=value`` words (None when the factory takes none).
+        """
+
+
 # =============================================================================================
 # Reverse RPC (txloom.rpc) -- see docs/rpc.md
 # =============================================================================================

@@ -11,10 +11,12 @@ from txloom.wire.cocaine_http import (
     HttpRequest,
     HttpResponseHead,
     MalformedHttpPayload,
+    UnsafeTarget,
     decode_request,
     decode_response_head,
     encode_request,
     encode_response_head,
+    normalise_target,
 )
 from txloom.wire.errors import LocalProtocolError, RemoteProtocolError
 
@@ -92,3 +94,30 @@ def test_local_errors() -> None:
         encode_response_head(42, [])
     with pytest.raises(LocalProtocolError):
         encode_request("GET", "/", "1.1", [("a", 1)], b"")  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("target", "normal"),
+    [
+        (b"/app/a/b", b"/app/a/b"),
+        (b"/app/./a/b/../c?x=/../y", b"/app/a/c?x=/../y"),
+        (b"/app/a/..", b"/app/"),
+        (b"/app/a/.", b"/app/a/"),
+        (b"/app/%2e%2E/b", b"/b"),
+        (b"/a//../b", b"/a/b"),
+        (b"/.well-known/x.txt", b"/.well-known/x.txt"),
+        (b"/...", b"/..."),
+        (b"*", b"*"),
+        (b"http://example.com/a/../b", b"http://example.com/a/../b"),
+    ],
+)
+def test_dot_segments_are_removed(target: bytes, normal: bytes) -> None:
+    assert normalise_target(target) == normal
+
+
+@pytest.mark.parametrize(
+    "target", [b"/..", b"/app/../..", b"/a/%2e%2e/%2e%2e/etc", b"/app/..%2f..%2fetc", b"/a/.%5C.."]
+)
+def test_climbing_above_the_root_is_refused(target: bytes) -> None:
+    with pytest.raises(UnsafeTarget):
+        normalise_target(target)

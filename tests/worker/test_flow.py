@@ -25,7 +25,7 @@ from txloom.worker.client import connect
 from txloom.worker.host import WorkerHost
 
 #: The app's backlog-limit: small, so that a stalled caller is failed quickly.
-LIMIT = 1024 * 1024
+LIMIT = 4 * 1024 * 1024
 CHUNK = 64 * 1024
 #: What the stalled callers ask for; the worker would stream all of it if not stopped.
 HUGE = 200 * 1024 * 1024

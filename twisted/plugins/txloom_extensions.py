@@ -8,6 +8,9 @@ stays cheap. Sections follow ``txloom.interfaces``.
 # Store server: IStorageBackendFactory
 
 # Worker host: IWorkerLauncherFactory
+from txloom.worker.launchers import ProcessLauncherFactory
+
+process_launcher = ProcessLauncherFactory()
 
 # Reverse RPC: IRPCTransportFactory
 
