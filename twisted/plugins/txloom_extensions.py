@@ -13,6 +13,9 @@ from txloom.worker.launchers import ProcessLauncherFactory
 process_launcher = ProcessLauncherFactory()
 
 # Reverse RPC: IRPCTransportFactory
+from txloom.rpc.grpc.factory import GrpcTransportFactory
+
+rpc_grpc = GrpcTransportFactory()
 
 # Nested streams: IAddressResolverFactory
 
