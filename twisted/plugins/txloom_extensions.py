@@ -5,16 +5,15 @@ Each factory imports its implementation only when it builds one, so loading this
 stays cheap. Sections follow ``txloom.interfaces``.
 """
 
+from txloom.rpc.grpc.factory import GrpcTransportFactory
+from txloom.worker.launchers import ProcessLauncherFactory
+
 # Store server: IStorageBackendFactory
 
 # Worker host: IWorkerLauncherFactory
-from txloom.worker.launchers import ProcessLauncherFactory
-
 process_launcher = ProcessLauncherFactory()
 
 # Reverse RPC: IRPCTransportFactory
-from txloom.rpc.grpc.factory import GrpcTransportFactory
-
 rpc_grpc = GrpcTransportFactory()
 
 # Nested streams: IAddressResolverFactory
