@@ -157,6 +157,12 @@ class IDownstream(Interface):
 class IReplyChannel(IDownstream):
     """The server side of one channel of a service connection (see ``IService.invoke``)."""
 
+    feeder = Attribute(
+        "The caller's connection, or None: an object with ``pause_reading(by)`` and "
+        "``resume_reading(by)``, so that a service whose own downstream lags (a worker "
+        "that does not keep up) stops reading the caller until it has caught up."
+    )
+
     def send(mtype, args):  # type: ignore[misc]
         """Send any message type allowed by the method's downstream protocol."""
 

@@ -11,7 +11,8 @@ adapter alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import msgpack
@@ -41,7 +42,10 @@ class MalformedHttpPayload(RemoteProtocolError):
     """A chunk that should hold an HTTP request or response head does not."""
 
 
-class HttpRequest(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """The request chunk of an ``http`` session, decoded."""
+
     method: bytes
     uri: bytes
     version: bytes
@@ -49,7 +53,10 @@ class HttpRequest(NamedTuple):
     body: bytes
 
 
-class HttpResponseHead(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class HttpResponseHead:
+    """The first reply chunk of an ``http`` session, decoded."""
+
     status: int
     headers: HeaderList
 

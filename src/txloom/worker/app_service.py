@@ -60,7 +60,7 @@ class AppService:
                 reply.error(errors.DISPATCH, errors.BAD_ARGUMENTS, "enqueue takes [event]")
                 return IgnoredUpstream()
             # the connection the caller's chunks arrive on; held while its worker lags
-            return self.pool.enqueue(args[0], headers, reply, getattr(reply, "feeder", None))
+            return self.pool.enqueue(args[0], headers, reply, reply.feeder)
         if method == INFO:
             reply.value(self.pool.info())
             return None

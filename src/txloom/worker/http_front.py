@@ -199,7 +199,7 @@ class HttpReply:
             self._complete()
             return
         try:
-            status, headers = decode_response_head(chunk)
+            head = decode_response_head(chunk)
         except MalformedHttpPayload as e:
             self.log.warn("{app}: bad HTTP response head: {error}", app=self.app, error=str(e))
             self.gone = True
@@ -207,10 +207,11 @@ class HttpReply:
             _plain(request, 502, f"bad response from app {self.app}")
             return
         self.started = True
+        status = head.status
         request.setResponseCode(status)
         grouped: dict[bytes, list[bytes]] = {}
         lengths: list[bytes] = []
-        for name, value in headers:
+        for name, value in head.headers:
             lowered = name.lower()
             if lowered not in HOP_BY_HOP:
                 grouped.setdefault(name, []).append(value)
