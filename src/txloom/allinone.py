@@ -2,7 +2,8 @@
 
 This is what ``make run`` starts: a store server on 7400 with its write-ahead log under
 ``DATA/store``, the worker host serving its example apps (an echo worker through the
-Locator on 10053, a WSGI hello app over HTTP on 8080), and a bus node (WebSocket mesh on
+Locator on 10053, a WSGI hello app over HTTP on 8080) and the ``facts`` nested-stream
+service on 7410 (each store's facts, found through the Locator), and a bus node (WebSocket mesh on
 8081). Each part is built by its own plugin's ``Options``/``makeService``, exactly as
 ``twistd storeserver ...`` would build it, so the all-in-one node never drifts from the
 single-purpose plugins; only the arguments are chosen here.
@@ -42,9 +43,27 @@ def _store_arguments(options: Options) -> list[str]:
 def _worker_arguments(options: Options) -> list[str]:
     arguments = ["--apps", options["apps"] or str(APPS_DIR), "--locator", options["locator"]]
     arguments += ["--http", options["http"]]
+    store = _store_client_endpoint(options["store-listen"])
+    if options["streams"] != "none" and "store" not in options["without"] and store:
+        arguments += ["--streams", options["streams"], "--stream-service", f"facts store={store}"]
+    elif options["streams"] != "none":
+        log.info("all-in-one: no facts stream service (the store's port is not fixed)")
     if options["runtime"]:
         arguments += ["--runtime", options["runtime"]]
     return arguments
+
+
+def _store_client_endpoint(listen: str) -> str | None:
+    """``tcp:PORT:interface=HOST`` -> a client endpoint string for it (None for port 0)."""
+    kind, _, rest = listen.partition(":")
+    parts = rest.split(":")
+    if kind != "tcp" or not parts or not parts[0].isdigit() or parts[0] == "0":
+        return None
+    host = "127.0.0.1"
+    for part in parts[1:]:
+        if part.startswith("interface=") and part[len("interface=") :] not in ("", "0.0.0.0"):
+            host = part[len("interface=") :]
+    return f"tcp:{host}:{parts[0]}"
 
 
 def _bus_arguments(options: Options) -> list[str]:
@@ -88,6 +107,13 @@ class Options(usage.Options):
         ],
         ["locator", None, "tcp:10053:interface=127.0.0.1", "Worker host: Locator endpoint."],
         ["http", None, "tcp:8080:interface=127.0.0.1", "Worker host: HTTP front end endpoint."],
+        [
+            "streams",
+            None,
+            "tcp:7410:interface=127.0.0.1",
+            "Worker host: nested-stream services endpoint, serving 'facts' from the store "
+            "('none' to leave it out).",
+        ],
         [
             "bus-listen",
             None,

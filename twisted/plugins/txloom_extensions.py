@@ -16,6 +16,13 @@ process_launcher = ProcessLauncherFactory()
 # Reverse RPC: IRPCTransportFactory
 rpc_grpc = GrpcTransportFactory()
 
-# Nested streams: IAddressResolverFactory
+# Nested streams: IAddressResolverFactory, IStreamServiceFactory
+from txloom.facts_streams import FactsServiceFactory  # noqa: E402
+from txloom.streams.resolvers import StaticResolverFactory  # noqa: E402
+from txloom.worker.stream_resolver import LocatorResolverFactory  # noqa: E402
+
+streams_static = StaticResolverFactory()
+streams_locator = LocatorResolverFactory()
+streams_facts = FactsServiceFactory()
 
 # Bus node: IDiscoveryFactory, IMeshTransportFactory, IBridgeFactory

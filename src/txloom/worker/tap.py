@@ -21,8 +21,8 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from txloom.extensions import choose, describe, parse_options
-from txloom.interfaces import IWorkerLauncherFactory
+from txloom import extensions
+from txloom.interfaces import IStreamServiceFactory, IWorkerLauncherFactory
 from txloom.shutdown import CleanExitOnSignal
 from txloom.wire.cocaine import DEFAULT_MAX_MESSAGE_SIZE
 from txloom.worker.connection import default_reactor
@@ -95,6 +95,15 @@ class Options(usage.Options):
             "debug, info, warning or error.",
         ],
         [
+            "streams",
+            None,
+            None,
+            "Endpoint string for nested-stream services hosted next to the apps, e.g. "
+            "tcp:7410 (off unless given; each --stream-service is registered with the "
+            "Locator at this address).",
+        ],
+        ["streams-token", None, None, "Shared token every nested-streams request must carry."],
+        [
             "max-message-size",
             None,
             str(DEFAULT_MAX_MESSAGE_SIZE),
@@ -135,14 +144,34 @@ class Options(usage.Options):
         # listed when asked, so that a launcher installed since the import is there too
         self.docs["launcher"] = (
             f"How workers are started: one of the installed launchers, "
-            f"{describe(IWorkerLauncherFactory)}."
+            f"{extensions.describe(IWorkerLauncherFactory)}."
         )
+        self["stream-services"] = []
 
     def opt_launcher_option(self, word: str) -> None:
         """KEY=VALUE setting for the chosen launcher (may be repeated)."""
         self["launcher-option"].append(word)
 
+    def opt_stream_service(self, value: str) -> None:
+        """'NAME [key=value ...]': serve the stream service NAME with --streams (repeatable)."""
+        self["stream-services"].append(value)
+
+    def _stream_services(self) -> None:
+        words = [v.split() for v in self["stream-services"]]
+        if words and not self["streams"]:
+            raise usage.UsageError("--stream-service needs --streams ENDPOINT")
+        if self["streams"] and not words:
+            raise usage.UsageError("--streams needs at least one --stream-service NAME")
+        chosen = []
+        for name, *settings in words:
+            factory = extensions.choose(IStreamServiceFactory, name, "--stream-service")
+            chosen.append(
+                (factory, extensions.parse_options(factory, settings, "--stream-service"))
+            )
+        self["stream-services"] = chosen
+
     def postOptions(self) -> None:
+        self._stream_services()
         if not self["apps"]:
             raise usage.UsageError("--apps DIR is required (a directory of app manifests)")
         apps = Path(self["apps"])
@@ -166,12 +195,12 @@ class Options(usage.Options):
             self["http-head-timeout"], "--http-head-timeout", float, 0
         )
         self["fd-reserve"] = _number(self["fd-reserve"], "--fd-reserve", int, 0)
-        factory = choose(IWorkerLauncherFactory, self["launcher"], "--launcher")
+        factory = extensions.choose(IWorkerLauncherFactory, self["launcher"], "--launcher")
         self["launcher-factory"] = factory
-        self["launcher-options"] = parse_options(
+        self["launcher-options"] = extensions.parse_options(
             factory, self["launcher-option"], "--launcher-option"
         )
-        for name in ("locator", "http"):
+        for name in ("locator", "http", "streams"):
             if self[name] is None:
                 continue
             try:
@@ -222,5 +251,16 @@ def makeService(options: Options) -> WorkerHost:
         reactor=reactor,
         launcher=launcher,
     )
+    if options["streams"]:
+        from txloom.worker.stream_mount import StreamMount  # noqa: PLC0415 - only if asked
+
+        services = {f.name: f.source_function(o) for f, o in options["stream-services"]}
+        token = options["streams-token"]
+        StreamMount(
+            host,
+            options["streams"],
+            services,
+            token=token.encode() if token else None,
+        ).setServiceParent(host)
     CleanExitOnSignal(host.reactor).setServiceParent(host)
     return host
