@@ -5,15 +5,20 @@ Each factory imports its implementation only when it builds one, so loading this
 stays cheap. Sections follow ``txloom.interfaces``.
 """
 
-from txloom.rpc.grpc.factory import GrpcTransportFactory
-from txloom.worker.launchers import ProcessLauncherFactory
-
 # Store server: IStorageBackendFactory
+from txloom.store.factories import FileBackendFactory, MemoryBackendFactory
+
+file_backend = FileBackendFactory()
+memory_backend = MemoryBackendFactory()
 
 # Worker host: IWorkerLauncherFactory
+from txloom.worker.launchers import ProcessLauncherFactory  # noqa: E402
+
 process_launcher = ProcessLauncherFactory()
 
 # Reverse RPC: IRPCTransportFactory
+from txloom.rpc.grpc.factory import GrpcTransportFactory  # noqa: E402
+
 rpc_grpc = GrpcTransportFactory()
 
 # Nested streams: IAddressResolverFactory, IStreamServiceFactory
