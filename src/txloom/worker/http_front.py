@@ -29,6 +29,7 @@ and the workers), and a client that has not sent a whole request head within
 from __future__ import annotations
 
 import resource
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -405,9 +406,11 @@ class FrontSite(Site):
         self.port: Any = None
         self._accepting = True
         self._warned_at: float | None = None
+        #: Responses sent, by status code (the status site's metrics).
+        self.responses: Counter[int] = Counter()
 
     def log(self, request: Request) -> None:
-        pass
+        self.responses[request.code] += 1
 
     def listening(self, port: Any) -> None:
         """The port this site is served on (paused and resumed at the limit)."""

@@ -91,6 +91,8 @@ class WorkerPool:
         #: Sweeps of what exited workers left in their process groups (see ``GroupSweep``).
         self._sweeps: set[Deferred[None]] = set()
         self.counters = {"accepted": 0, "rejected": 0, "spawned": 0, "crashed": 0}
+        #: Workers discarded for missing their heartbeats (the status site's metrics).
+        self.heartbeat_misses = 0
         #: Bytes the app's sessions hold in host memory (backlogs, queued data).
         self.stats = FlowStats()
 

@@ -21,9 +21,12 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from txloom import extensions
+from txloom import extensions, systemd
+from txloom.config import PluginOptions
 from txloom.interfaces import IStreamServiceFactory, IWorkerLauncherFactory
-from txloom.shutdown import CleanExitOnSignal
+from txloom.shutdown import CleanExitOnSignal, StartFailed
+from txloom.status.options import status_option, valid_status_endpoint
+from txloom.status.site import StatusService
 from txloom.wire.cocaine import DEFAULT_MAX_MESSAGE_SIZE
 from txloom.worker.connection import default_reactor
 from txloom.worker.host import (
@@ -49,7 +52,9 @@ def default_runtime_dir() -> str:
     return str(Path(tempfile.gettempdir()) / f"txloom-{os.getuid()}")
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
+    config_section = "workerhost"
+
     synopsis = "--apps DIR [--runtime DIR] [--locator ENDPOINT] [--http ENDPOINT] [options]"
     longdesc = (
         "Run txloom's worker host: an app engine that speaks the Cocaine v12 protocols. "
@@ -136,6 +141,7 @@ class Options(usage.Options):
             "File descriptors HTTP connections never take, kept for the Locator, the "
             "services and logs (the workers' own are reserved on top).",
         ],
+        status_option(),
     ]
 
     def __init__(self) -> None:
@@ -171,6 +177,7 @@ class Options(usage.Options):
         self["stream-services"] = chosen
 
     def postOptions(self) -> None:
+        self["status"] = valid_status_endpoint(self["status"])
         self._stream_services()
         if not self["apps"]:
             raise usage.UsageError("--apps DIR is required (a directory of app manifests)")
@@ -230,7 +237,7 @@ class CommandLineWorkerHost(WorkerHost):
         try:
             super().startService()
         except HostError as e:
-            raise SystemExit(f"workerhost: {e}") from None
+            raise StartFailed(f"workerhost: {e}") from None
 
 
 def makeService(options: Options) -> WorkerHost:
@@ -263,4 +270,9 @@ def makeService(options: Options) -> WorkerHost:
             token=token.encode() if token else None,
         ).setServiceParent(host)
     CleanExitOnSignal(host.reactor).setServiceParent(host)
+    systemd.ready_when()
+    if options["status"]:
+        from txloom.status.worker import watch_worker  # noqa: PLC0415 - only when asked for
+
+        StatusService(options["status"], [watch_worker(host)]).setServiceParent(host)
     return host
