@@ -6,11 +6,15 @@ stays cheap. Sections follow ``txloom.interfaces``.
 """
 
 # Store server: IStorageBackendFactory
+from txloom.store.factories import FileBackendFactory, MemoryBackendFactory
+
+file_backend = FileBackendFactory()
+memory_backend = MemoryBackendFactory()
 
 # Worker host: IWorkerLauncherFactory
 
 # Reverse RPC: IRPCTransportFactory
-from txloom.rpc.grpc.factory import GrpcTransportFactory
+from txloom.rpc.grpc.factory import GrpcTransportFactory  # noqa: E402
 
 rpc_grpc = GrpcTransportFactory()
 
