@@ -19,15 +19,20 @@ from pathlib import Path
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from txloom import systemd
 from txloom.bus.bridge.subjects import valid_subject
 from txloom.bus.buffer import DEFAULT_REPLAY_SIZE
 from txloom.bus.bus import DEFAULT_POD_QUEUE_LIMIT
 from txloom.bus.mesh import mesh as mesh_defaults
+from txloom.bus.mesh.clients import CLIENT_BACKLOG_LIMIT
 from txloom.bus.mesh.urls import DEFAULT_PATH, BadPeerURL, PeerURL
 from txloom.bus.node import BusNodeConfig, BusNodeService
+from txloom.config import PluginOptions
 from txloom.extensions import choose, describe, parse_options
 from txloom.interfaces import IBridgeFactory, IDiscoveryFactory, IMeshTransportFactory
 from txloom.shutdown import CleanExitOnSignal
+from txloom.status.options import status_option, valid_status_endpoint
+from txloom.status.site import StatusService
 from txloom.wire.grav import MAX_HOPS
 
 __all__ = ["Options", "makeService"]
@@ -44,7 +49,9 @@ def _positive(kind: type) -> object:
     return convert
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
+    config_section = "busnode"
+
     synopsis = "[options]"
     longdesc = (
         "Run a message bus node: an in-process bus of pods, meshed over WebSocket with other "
@@ -158,6 +165,19 @@ class Options(usage.Options):
             _positive(int),
         ],
         [
+            "client-backlog-limit",
+            None,
+            CLIENT_BACKLOG_LIMIT,
+            "Bytes a slow bus client may fall behind before the slow-client policy applies.",
+            _positive(int),
+        ],
+        [
+            "slow-client-policy",
+            None,
+            "drop",
+            "'drop': drop (and log) what a slow bus client cannot take; 'disconnect': close it.",
+        ],
+        [
             "tls-trust",
             None,
             None,
@@ -191,6 +211,7 @@ class Options(usage.Options):
             "",
             "Prefix of the NATS subjects (the subject of a message is PREFIX + its type).",
         ],
+        status_option(),
     ]
 
     optFlags = [
@@ -265,6 +286,7 @@ class Options(usage.Options):
         return self
 
     def postOptions(self) -> None:
+        self["status"] = valid_status_endpoint(self["status"])
         if self["listen"] == "none":
             self["listen"] = None
         else:
@@ -286,6 +308,8 @@ class Options(usage.Options):
         if not group or not port.isdigit() or not 0 < int(port) < 65536:
             raise usage.UsageError("--discovery-address must be GROUP:PORT")
         self["discovery-group"], self["discovery-port"] = group, int(port)
+        if self["slow-client-policy"] not in ("drop", "disconnect"):
+            raise usage.UsageError("--slow-client-policy must be 'drop' or 'disconnect'")
         if self["slow-pod-policy"] not in ("pause", "drop"):
             raise usage.UsageError("--slow-pod-policy must be 'pause' or 'drop'")
         if not 1 <= self["hop-limit"] <= MAX_HOPS:
@@ -358,6 +382,8 @@ class Options(usage.Options):
             withdraw_timeout=self["withdraw-timeout"],
             max_message_size=self["max-message-size"],
             peer_backlog_limit=self["peer-backlog-limit"],
+            client_backlog_limit=self["client-backlog-limit"],
+            slow_client_policy=self["slow-client-policy"],
             tls_trust=self["tls-trust"],
             replay_size=self["replay-size"],
             pod_queue_limit=self["pod-queue-limit"],
@@ -379,4 +405,9 @@ def makeService(options: Options) -> BusNodeService:
     """
     node = BusNodeService(options.config(), exit_on_failure=True)
     CleanExitOnSignal(node.reactor).setServiceParent(node)
+    systemd.ready_when()
+    if options["status"]:
+        from txloom.status.bus import watch_bus  # noqa: PLC0415 - only when asked for
+
+        StatusService(options["status"], [watch_bus(node)]).setServiceParent(node)
     return node

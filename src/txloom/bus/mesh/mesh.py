@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txloom.bus.errors import NodeUUIDMismatch
+from txloom.bus.mesh.clients import CLIENT_BACKLOG_LIMIT, ClientHub, SlowClientPolicy
 from txloom.bus.mesh.dialer import DialerState, PeerDialer
 from txloom.bus.mesh.peer import (
     CLOSE_GOING_AWAY,
@@ -139,6 +140,9 @@ class WebSocketMesh:
         withdraw_timeout: float = WITHDRAW_TIMEOUT,
         tls_trust_roots: str | None = None,
         seen_capacity: int = DEFAULT_SEEN_CAPACITY,
+        client_backlog_limit: int = CLIENT_BACKLOG_LIMIT,
+        slow_client_policy: SlowClientPolicy | str = SlowClientPolicy.DROP,
+        as_client: bool = False,
         reactor: IReactorTime | None = None,
     ) -> None:
         if not path.startswith("/"):
@@ -165,6 +169,16 @@ class WebSocketMesh:
         self.reconnect_max = reconnect_max
         self.withdraw_timeout = withdraw_timeout
         self.tls_trust_roots = tls_trust_roots
+        #: This mesh is a bus client's link to one node (``txloom.bus.client``), not a node.
+        self.as_client = as_client
+        #: The scripts attached to this node (``None`` for a client's own link).
+        self.clients = (
+            None
+            if as_client
+            else ClientHub(
+                self, backlog_limit=client_backlog_limit, slow_client_policy=slow_client_policy
+            )
+        )
         self.stats = MeshStats()
         self.withdrawn = False
         #: The listening port once started (``None`` without ``listen``).
@@ -342,6 +356,10 @@ class WebSocketMesh:
             )
         return out
 
+    def peer_connections(self) -> dict[str, MeshConnection]:
+        """Each registered peer's connection by node uuid (status and metrics read them)."""
+        return dict(self._peers)
+
     def wait_for_peers(self, count: int) -> Deferred[None]:
         """Fires once at least ``count`` peers are connected."""
         d: Deferred[None] = Deferred()
@@ -490,8 +508,12 @@ class WebSocketMesh:
         )
         self._notify()
 
-    def connection_lost(self, conn: MeshConnection, reason: str) -> None:
+    def release(self, conn: MeshConnection) -> None:
+        """``conn`` (a peer's or a client's) ended: stop pausing and closing it."""
         self._connections.discard(conn)
+
+    def connection_lost(self, conn: MeshConnection, reason: str) -> None:
+        self.release(conn)
         node = conn.node_uuid
         if node is not None and self._peers.get(node) is conn:
             del self._peers[node]
@@ -541,6 +563,7 @@ class WebSocketMesh:
         payload = encode_message(msg)
         for conn in targets:
             conn.send_payload(payload)
+            conn.sent += 1
         self.stats.sent += 1
 
     def message_from(self, conn: MeshConnection, fields: MessageFields) -> None:
@@ -550,6 +573,7 @@ class WebSocketMesh:
             self.stats.duplicates += 1
             return
         self.stats.received += 1
+        conn.received += 1
         msg = Message.from_fields(fields)
         self._post(msg, self._pod)
         if self.relay and fields.uuid and fields.hops + 1 < self.hop_limit:
@@ -558,6 +582,8 @@ class WebSocketMesh:
                 payload = encode_message(msg, fields.hops + 1)
                 for other in others:
                     other.send_payload(payload)
+                    other.sent += 1
+                conn.relayed += 1
                 self.stats.relayed += 1
 
     def foreign_from(self, conn: MeshConnection, data: bytes) -> None:
