@@ -10,6 +10,9 @@ stays cheap. Sections follow ``txloom.interfaces``.
 # Worker host: IWorkerLauncherFactory
 
 # Reverse RPC: IRPCTransportFactory
+from txloom.rpc.transports.factories import StreamTransportFactory
+
+rpc_stream = StreamTransportFactory()
 
 # Nested streams: IAddressResolverFactory
 
