@@ -134,11 +134,12 @@ class TlsHarness(StreamHarness):
             await until_closed(sock)
 
 
-async def until_closed(sock: socket.socket, timeout: float = 10.0) -> None:
-    """Wait (on the reactor) until the peer closed ``sock``; what it sent is discarded."""
+async def until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Wait (on the reactor) until the peer closed ``sock``; returns what it sent."""
     from support.waiting import until
 
     sock.setblocking(False)
+    received = bytearray()
 
     def closed() -> bool:
         try:
@@ -147,9 +148,54 @@ async def until_closed(sock: socket.socket, timeout: float = 10.0) -> None:
             return False
         except OSError:
             return True
+        received.extend(data)
         return data == b""
 
     await until(closed, timeout, "the controller to close the connection")
+    return bytes(received)
+
+
+class HttpHarness(Harness):
+    """The heartbeat transport (and, subclassed, long-poll) on a loopback HTTP port."""
+
+    kind = "heartbeat"
+
+    async def start(self, clients: Clients) -> None:
+        from txloom.rpc.transports.http_server import HttpServerTransport
+
+        self.server = HttpServerTransport(
+            clients, self.kind, "tcp:0:interface=127.0.0.1", interval=0.1, hold=2.0
+        )
+        await self.server.start()
+
+    def url(self) -> str:
+        return f"{self.kind}+http://127.0.0.1:{self.server.address.port}/rpc"
+
+    def client(self, name: str, dispatcher: Any, token: str | None) -> Any:
+        from txloom.rpc.transports.http_client import HttpClientTransport
+
+        return HttpClientTransport(
+            self.url(), name, dispatcher, token, interval=0.05, **FAST_RECONNECT
+        )
+
+    def kill(self, agent: Any) -> None:
+        agent.kill()
+
+    async def send_garbage(self) -> None:
+        address = self.server.address
+        path = self.server.path.decode()
+        with socket.create_connection((address.host, address.port)) as sock:
+            sock.sendall(
+                f"POST /rpc/{path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + b"\xff\xfe\xfd\xfc\xfb"
+            )
+            answer = await until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+
+
+class LongPollHarness(HttpHarness):
+    kind = "longpoll"
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -166,4 +212,6 @@ HARNESSES: dict[str, Callable[[Path], Harness]] = {
     "tcp": StreamHarness,
     "unix": UnixHarness,
     "tls": TlsHarness,
+    "heartbeat": HttpHarness,
+    "longpoll": LongPollHarness,
 }
