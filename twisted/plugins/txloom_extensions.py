@@ -10,8 +10,10 @@ stays cheap. Sections follow ``txloom.interfaces``.
 # Worker host: IWorkerLauncherFactory
 
 # Reverse RPC: IRPCTransportFactory
+from txloom.rpc.grpc.factory import GrpcTransportFactory
 from txloom.rpc.transports.factories import StreamTransportFactory
 
+rpc_grpc = GrpcTransportFactory()
 rpc_stream = StreamTransportFactory()
 
 # Nested streams: IAddressResolverFactory

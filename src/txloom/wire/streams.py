@@ -9,6 +9,18 @@ version number ``v`` so that they can grow without breaking older peers:
 - ``Announce`` — the second frame of each source on the master connection (the first is the
   source's header, raw): the opaque channel token and whether the source is compressed.
 - ``Attach`` — the first frame a client sends on a descendant connection.
+- ``End`` — the last thing on a master that served its request (after an empty header
+  frame); a master closed without it was cut, and the client says so.
+- ``Accepted`` / ``Refuse`` — the server's first frame on a descendant connection (so that a
+  refused attach is never mistaken for an empty source); ``Refuse`` also ends a master whose
+  request cannot be served (with an empty header frame in front, keeping frames in pairs).
+
+``Hello`` and ``Attach`` carry the optional shared token; channel tokens are random and
+single-use, so a token seen on the wire is worth nothing once attached.
+
+Three sans-I/O state machines read the connections: ``ServerConnectionDecoder`` (what a
+server receives: hello + body, or attach), ``MasterDecoder`` (the client's master: sources
+announced) and ``ChannelDecoder`` (the client's channel: frames, decompressed).
 
 Compression fixes two defects of the model: an incompressible payload is sent raw (never as
 an empty block), and a raw payload that happens to begin with the marker is always sent
@@ -17,26 +29,43 @@ compressed, so the marker is never ambiguous on a compressed source.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
 import lz4.block
 
-from txloom.wire.errors import LocalProtocolError, RemoteProtocolError
-from txloom.wire.framing import U64_LE, LengthPrefixDecoder, encode_length_prefixed
+from txloom.wire.decoder import NEED_DATA, ConnectionClosed, ReceiveBuffer
+from txloom.wire.errors import LocalProtocolError, RemoteProtocolError, TruncatedFrame
+from txloom.wire.framing import U64_LE, Frame, LengthPrefixDecoder, encode_length_prefixed
 
 __all__ = [
+    "ABORT_MARK",
     "CONTROL_VERSION",
     "DEFAULT_FRAME_SIZE_LIMIT",
+    "DEFAULT_MAX_SOURCES",
     "LZ4_MARKER",
     "MIN_COMPRESS_SIZE",
+    "Accepted",
     "Announce",
     "Attach",
     "BadCompression",
+    "ChannelDecoder",
+    "End",
+    "Frame",
     "Hello",
     "InvalidControl",
+    "MasterClosedEarly",
+    "MasterDecoder",
+    "Refuse",
+    "Request",
+    "ServerConnectionDecoder",
+    "SourceAborted",
+    "SourceAnnounced",
     "StreamFrameDecoder",
+    "TooManySources",
+    "UnexpectedFrame",
     "compress_payload",
     "decode_control",
     "decompress_payload",
@@ -110,37 +139,94 @@ def decompress_payload(payload: bytes, limit: int = DEFAULT_FRAME_SIZE_LIMIT) ->
     return out
 
 
+# -- control messages ----------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
+    """Client -> server, first frame of a master connection (the request body follows)."""
+
     service: str
     tags: dict[str, str] = field(default_factory=dict)
+    token: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Announce:
+    """Server -> client on the master, after a source's header frame."""
+
     channel: bytes
     compressed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Attach:
+    """Client -> server, first (and only) frame of a descendant connection."""
+
     channel: bytes
+    token: bytes | None = None
 
 
-def encode_control(msg: Hello | Announce | Attach) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Server -> client, first frame of a descendant connection: the source's frames follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Server -> client: the request (on the master) or the attach (on a channel) is refused.
+
+    On the master it takes the place of an ``Announce`` (its header frame is empty) and is
+    the last thing sent; the reason is one line for the client's error.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """Server -> client, last on a master after its last source (its header frame is empty).
+
+    A master that closes without ``End`` or ``Refuse`` was cut (a crashed server, a TLS
+    mismatch), which the client reports instead of taking it for "no more sources".
+    """
+
+
+Control = Hello | Announce | Attach | Accepted | Refuse | End
+
+
+def encode_control(msg: Control) -> bytes:
     """A control message as a CBOR map (to be sent as one frame)."""
+    body: dict[str, Any] = {"v": CONTROL_VERSION}
     if isinstance(msg, Hello):
-        body: dict[str, Any] = {"v": CONTROL_VERSION, "hello": msg.service, "tags": msg.tags}
+        body.update(hello=msg.service, tags=msg.tags)
+        if msg.token is not None:
+            body["token"] = msg.token
     elif isinstance(msg, Announce):
-        body = {"v": CONTROL_VERSION, "channel": msg.channel, "lz4": msg.compressed}
+        body.update(channel=msg.channel, lz4=msg.compressed)
     elif isinstance(msg, Attach):
-        body = {"v": CONTROL_VERSION, "attach": msg.channel}
+        body["attach"] = msg.channel
+        if msg.token is not None:
+            body["token"] = msg.token
+    elif isinstance(msg, Accepted):
+        body["accepted"] = True
+    elif isinstance(msg, Refuse):
+        body["refuse"] = msg.reason
+    elif isinstance(msg, End):
+        body["end"] = True
     else:
         raise LocalProtocolError(f"not a control message: {msg!r}")
     return cbor2.dumps(body)
 
 
-def decode_control(payload: bytes) -> Hello | Announce | Attach:
+def _token(obj: dict[Any, Any]) -> bytes | None:
+    token = obj.get("token")
+    if token is not None and not isinstance(token, bytes):
+        raise InvalidControl("token must be bytes")
+    return token
+
+
+def decode_control(payload: bytes) -> Control:
     """Parse a control frame; newer versions are read as far as this one understands."""
     if len(payload) > MAX_CONTROL_SIZE:
         raise InvalidControl(f"control frame of {len(payload)} bytes is too large")
@@ -161,9 +247,193 @@ def decode_control(payload: bytes) -> Hello | Announce | Attach:
             isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
         ):
             raise InvalidControl("hello tags must map strings to strings")
-        return Hello(obj["hello"], dict(tags))
+        return Hello(obj["hello"], dict(tags), _token(obj))
     if isinstance(obj.get("channel"), bytes):
         return Announce(obj["channel"], obj.get("lz4") is True)
     if isinstance(obj.get("attach"), bytes):
-        return Attach(obj["attach"])
-    raise InvalidControl("control frame is neither hello, announce nor attach")
+        return Attach(obj["attach"], _token(obj))
+    if obj.get("accepted") is True:
+        return Accepted()
+    if isinstance(obj.get("refuse"), str):
+        return Refuse(obj["refuse"])
+    if obj.get("end") is True:
+        return End()
+    raise InvalidControl("control frame is not a known control message")
+
+
+# -- connection state machines -------------------------------------------------------------
+
+#: Length a server writes, then closes, when a source fails mid-stream: over any limit, so a
+#: peer that does not know it still sees an error; a txloom client names it.
+ABORT_LENGTH = 2**64 - 1
+ABORT_MARK = U64_LE.pack(ABORT_LENGTH)
+#: Default most sources one request may announce (server and client).
+DEFAULT_MAX_SOURCES = 100_000
+
+
+class TooManySources(RemoteProtocolError):
+    """The server announced more sources than the client accepts for one request."""
+
+
+class UnexpectedFrame(RemoteProtocolError):
+    """A frame where the connection's state allows none (or not this one)."""
+
+
+class SourceAborted(RemoteProtocolError):
+    """The server's source failed mid-stream (it wrote the abort mark and closed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Server side of a master: the request body (after the ``Hello`` event)."""
+
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SourceAnnounced:
+    """Client side of a master: one source, its header and where to attach."""
+
+    header: bytes
+    channel: bytes
+    compressed: bool
+
+
+class ServerConnectionDecoder(LengthPrefixDecoder):
+    """What a client sends to a stream server, on either kind of connection.
+
+    The first frame (a control frame, at most ``MAX_CONTROL_SIZE``) decides: ``Hello`` makes
+    the connection a master, whose second frame is the ``Request`` body (at most
+    ``max_frame_size``); ``Attach`` makes it a descendant channel. Nothing else may follow:
+    one request per master connection, one source per channel.
+    """
+
+    def __init__(self, max_frame_size: int = DEFAULT_FRAME_SIZE_LIMIT) -> None:
+        super().__init__(U64_LE, MAX_CONTROL_SIZE)
+        self.max_frame_size = max_frame_size
+        self._state = "first"
+
+    def _event(self, payload: bytes) -> object:
+        if self._state == "first":
+            msg = decode_control(payload)
+            if isinstance(msg, Hello):
+                self._state, self.max_size = "body", self.max_frame_size
+            elif isinstance(msg, Attach):
+                self._state = "done"
+            else:
+                raise UnexpectedFrame(f"a connection must start with hello or attach, not {msg}")
+            return msg
+        if self._state == "body":
+            self._state = "done"
+            return Request(payload)
+        raise UnexpectedFrame("one request per master connection and nothing after an attach")
+
+
+class MasterClosedEarly(RemoteProtocolError):
+    """The master closed without ``End`` or ``Refuse``: the request was cut, not finished."""
+
+
+class MasterDecoder(LengthPrefixDecoder):
+    """The client's side of a master: ``SourceAnnounced`` events, then ``End`` or ``Refuse``.
+
+    Each source is two frames, its raw header (at most ``max_frame_size``) and a control
+    frame. A connection closed between the two, or before ``End``/``Refuse``, is an error
+    (``TruncatedFrame``, ``MasterClosedEarly``), never taken for the last source.
+    """
+
+    def __init__(
+        self,
+        max_frame_size: int = DEFAULT_FRAME_SIZE_LIMIT,
+        max_sources: int = DEFAULT_MAX_SOURCES,
+    ) -> None:
+        super().__init__(U64_LE, max_frame_size)
+        self.max_frame_size = max_frame_size
+        self.max_sources = max_sources
+        self.announced = 0
+        self._header: bytes | None = None
+        self._refused = False
+
+    @property
+    def in_frame(self) -> bool:
+        return bool(self._buffer) or self._header is not None
+
+    def _decode(self, buffer: ReceiveBuffer) -> object:
+        event = super()._decode(buffer)
+        if event is NEED_DATA and self._eof and not buffer:
+            if self._header is not None:
+                raise TruncatedFrame(0)
+            if not self._refused:
+                raise MasterClosedEarly("master closed before the end of the request")
+        return event
+
+    def _event(self, payload: bytes) -> object:
+        if self._refused:
+            raise UnexpectedFrame("frame after the end of the request")
+        if self._header is None:
+            self._header, self.max_size = payload, MAX_CONTROL_SIZE
+            return self._decode(self._buffer)
+        header, self._header, self.max_size = self._header, None, self.max_frame_size
+        msg = decode_control(payload)
+        if isinstance(msg, Refuse | End):
+            self._refused = True
+            return msg
+        if not isinstance(msg, Announce):
+            raise UnexpectedFrame(f"expected an announce after a source header, not {msg}")
+        if self.announced >= self.max_sources:
+            raise TooManySources(f"more than {self.max_sources} sources in one request")
+        self.announced += 1
+        return SourceAnnounced(header, msg.channel, msg.compressed)
+
+
+class ChannelDecoder(LengthPrefixDecoder):
+    """The client's side of a descendant channel: ``Accepted`` or ``Refuse``, then ``Frame``s.
+
+    Payloads of a compressed source are decompressed here. The abort mark and a cut frame
+    raise; a clean close after a whole frame is ``ConnectionClosed``.
+    """
+
+    def __init__(self, compressed: bool, max_frame_size: int = DEFAULT_FRAME_SIZE_LIMIT) -> None:
+        super().__init__(U64_LE, MAX_CONTROL_SIZE)
+        self.compressed = compressed
+        self.max_frame_size = max_frame_size
+        self._state = "first"
+
+    def __iter__(self) -> Iterator[Any]:
+        """Every event available now; whole plain frames are taken in one tight loop."""
+        buffer = self._buffer
+        while True:
+            if self._state == "frames" and not self.compressed and self._error is None:
+                limit = self.max_size
+                while True:
+                    head = buffer.unpack(U64_LE)
+                    if head is None or head[0] > limit or len(buffer) < 8 + head[0]:
+                        break
+                    yield Frame(buffer.take(head[0], skip=8))
+            event = self.next_event()
+            if event is NEED_DATA:
+                return
+            yield event
+            if isinstance(event, ConnectionClosed):
+                return
+
+    def _payload(self, buffer: ReceiveBuffer) -> bytes | None:
+        head = buffer.unpack(U64_LE)
+        if head is not None and head[0] == ABORT_LENGTH:
+            raise SourceAborted("the source failed on the server")
+        return super()._payload(buffer)
+
+    def _event(self, payload: bytes) -> object:
+        if self._state == "frames":
+            if self.compressed:
+                payload = decompress_payload(payload, self.max_frame_size)
+            return Frame(payload)
+        if self._state == "refused":
+            raise UnexpectedFrame("frame after a refusal")
+        msg = decode_control(payload)
+        if isinstance(msg, Accepted):
+            self._state, self.max_size = "frames", self.max_frame_size
+        elif isinstance(msg, Refuse):
+            self._state = "refused"
+        else:
+            raise UnexpectedFrame(f"a channel must start with accepted or refuse, not {msg}")
+        return msg
