@@ -30,3 +30,20 @@ def test_urls_choose_the_transport() -> None:
     assert factory_for_url("unix:///x").name == "stream"
     with pytest.raises(usage.UsageError, match="no RPC transport"):
         factory_for_url("gopher://h:1")
+
+
+def test_http_factories_and_schemes() -> None:
+    factories = available(IRPCTransportFactory)
+    assert {"stream", "heartbeat", "longpoll", "grpc"} <= set(factories)
+    assert factory_for_url("heartbeat+http://h:1/rpc").name == "heartbeat"
+    assert factory_for_url("http://h:1/rpc").name == "longpoll"
+    heartbeat = factories["heartbeat"]
+    options = parse_options(heartbeat, ["interval=0.5"], "--rpc-option")
+    server = heartbeat.server(Clients(), options)
+    assert verifyObject(IRPCServerTransport, server)
+    assert (server.name, server.interval, server.path) == ("heartbeat", 0.5, b"heartbeat")
+    client = factories["longpoll"].client(
+        "http://h:1/rpc", "a", Dispatcher(HandlerRegistry()), None, None
+    )
+    assert verifyObject(IRPCClientTransport, client)
+    assert client.target == b"http://h:1/rpc/poll"

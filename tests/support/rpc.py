@@ -159,12 +159,14 @@ class HttpHarness(Harness):
     """The heartbeat transport (and, subclassed, long-poll) on a loopback HTTP port."""
 
     kind = "heartbeat"
+    #: Short enough that a killed agent is noticed fast, long enough for a loaded machine.
+    interval = 0.25
 
     async def start(self, clients: Clients) -> None:
         from txloom.rpc.transports.http_server import HttpServerTransport
 
         self.server = HttpServerTransport(
-            clients, self.kind, "tcp:0:interface=127.0.0.1", interval=0.1, hold=2.0
+            clients, self.kind, "tcp:0:interface=127.0.0.1", interval=self.interval, hold=2.0
         )
         await self.server.start()
 
@@ -196,6 +198,7 @@ class HttpHarness(Harness):
 
 class LongPollHarness(HttpHarness):
     kind = "longpoll"
+    interval = 0.5
 
 
 def sleep(seconds: float) -> Deferred[None]:

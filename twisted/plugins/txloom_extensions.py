@@ -11,10 +11,16 @@ stays cheap. Sections follow ``txloom.interfaces``.
 
 # Reverse RPC: IRPCTransportFactory
 from txloom.rpc.grpc.factory import GrpcTransportFactory
-from txloom.rpc.transports.factories import StreamTransportFactory
+from txloom.rpc.transports.factories import (
+    HeartbeatTransportFactory,
+    LongPollTransportFactory,
+    StreamTransportFactory,
+)
 
 rpc_grpc = GrpcTransportFactory()
 rpc_stream = StreamTransportFactory()
+rpc_heartbeat = HeartbeatTransportFactory()
+rpc_longpoll = LongPollTransportFactory()
 
 # Nested streams: IAddressResolverFactory
 

@@ -17,7 +17,12 @@ from txloom.interfaces import IRPCTransportFactory
 from txloom.rpc.backoff import RECONNECT_INITIAL, RECONNECT_MAX
 from txloom.wire.rpc import DEFAULT_MAX_FRAME_SIZE
 
-__all__ = ["StreamTransportFactory", "factory_for_url"]
+__all__ = [
+    "HeartbeatTransportFactory",
+    "LongPollTransportFactory",
+    "StreamTransportFactory",
+    "factory_for_url",
+]
 
 
 def _positive(kind: type) -> Any:
@@ -125,3 +130,105 @@ def factory_for_url(url: str) -> Any:
             return factory
     known = sorted({s for f in factories.values() for s in getattr(f, "schemes", ())})
     raise usage.UsageError(f"{url}: no RPC transport for {scheme!r} (known: {', '.join(known)})")
+
+
+class HttpOptions(usage.Options):
+    optParameters = [
+        [
+            "listen",
+            None,
+            None,
+            "Controller: serve /rpc/ on this endpoint itself (else mount the resource).",
+        ],
+        ["interval", None, 1.0, "Seconds between heartbeats (told to agents).", _positive(float)],
+        [
+            "hold",
+            None,
+            25.0,
+            "Long-poll: seconds a poll is held with nothing to send.",
+            _positive(float),
+        ],
+        ["max-body-size", None, DEFAULT_MAX_FRAME_SIZE, "Largest body in bytes.", _positive(int)],
+        [
+            "queue-limit",
+            None,
+            8 * 1024 * 1024,
+            "Controller: bytes that may wait for one agent before it is dropped.",
+            _positive(int),
+        ],
+        [
+            "reconnect-initial",
+            None,
+            RECONNECT_INITIAL,
+            "Agent: first retry delay in seconds.",
+            _positive(float),
+        ],
+        [
+            "reconnect-max",
+            None,
+            RECONNECT_MAX,
+            "Agent: longest retry delay in seconds.",
+            _positive(float),
+        ],
+    ]
+
+
+@implementer(IPlugin, IRPCTransportFactory)
+class _HttpTransportFactory:
+    mode = "abstract"
+    options = HttpOptions
+    schemes: tuple[str, ...] = ()
+
+    def server(self, registry: Any, options: Any = None) -> Any:
+        from txloom.rpc.transports.http_server import (  # noqa: PLC0415
+            DEFAULT_HOLD,
+            DEFAULT_INTERVAL,
+            QUEUE_LIMIT,
+            HttpServerTransport,
+        )
+
+        return HttpServerTransport(
+            registry,
+            self.mode,
+            _get(options, "listen", None),
+            interval=_get(options, "interval", DEFAULT_INTERVAL),
+            hold=_get(options, "hold", DEFAULT_HOLD),
+            max_body_size=_get(options, "max-body-size", DEFAULT_MAX_FRAME_SIZE),
+            queue_limit=_get(options, "queue-limit", QUEUE_LIMIT),
+        )
+
+    def client(
+        self, url: str, name: str, dispatcher: Any, token: str | None, options: Any = None
+    ) -> Any:
+        from txloom.rpc.transports.http_client import HttpClientTransport  # noqa: PLC0415
+
+        if "://" in url and "+" not in url.partition("://")[0]:
+            url = f"{self.mode}+{url}"
+        return HttpClientTransport(
+            url,
+            name,
+            dispatcher,
+            token,
+            interval=_get(options, "interval", 1.0),
+            reconnect_initial=_get(options, "reconnect-initial", RECONNECT_INITIAL),
+            reconnect_max=_get(options, "reconnect-max", RECONNECT_MAX),
+            max_body_size=_get(options, "max-body-size", DEFAULT_MAX_FRAME_SIZE),
+        )
+
+
+class HeartbeatTransportFactory(_HttpTransportFactory):
+    """Agents POST /rpc/heartbeat every interval (for networks without long-lived streams)."""
+
+    name = "heartbeat"
+    mode = "heartbeat"
+    description = "agents POST /rpc/heartbeat every interval (HTTP, twisted.web)"
+    schemes = ("heartbeat+http", "heartbeat+https")
+
+
+class LongPollTransportFactory(_HttpTransportFactory):
+    """Agents hold one POST /rpc/poll open; requests go down as soon as they wait."""
+
+    name = "longpoll"
+    mode = "longpoll"
+    description = "agents hold a POST /rpc/poll open (HTTP long-poll, twisted.web)"
+    schemes = ("longpoll+http", "longpoll+https", "http", "https")
