@@ -2,8 +2,9 @@
 
 This is what ``make run`` starts: a store server on 7400 with its write-ahead log under
 ``DATA/store``, the worker host serving its example apps (an echo worker through the
-Locator on 10053, a WSGI hello app over HTTP on 8080), and a bus node (WebSocket mesh on
-8081). Each part is built by its own plugin's ``Options``/``makeService``, exactly as
+Locator on 10053, a WSGI hello app over HTTP on 8080, reverse-RPC agents on 7300 and at
+/rpc/ on 8080, with one example agent joined), and a bus node (WebSocket mesh on 8081). Each part is
+built by its own plugin's ``Options``/``makeService``, exactly as
 ``twistd storeserver ...`` would build it, so the all-in-one node never drifts from the
 single-purpose plugins; only the arguments are chosen here.
 """
@@ -14,8 +15,9 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import reactor
 from twisted.logger import Logger
 from twisted.python import usage
@@ -42,6 +44,8 @@ def _store_arguments(options: Options) -> list[str]:
 def _worker_arguments(options: Options) -> list[str]:
     arguments = ["--apps", options["apps"] or str(APPS_DIR), "--locator", options["locator"]]
     arguments += ["--http", options["http"]]
+    if options["rpc"] != "none":
+        arguments += ["--rpc", options["rpc"], "--rpc-http"]
     if options["runtime"]:
         arguments += ["--runtime", options["runtime"]]
     return arguments
@@ -89,6 +93,12 @@ class Options(usage.Options):
         ["locator", None, "tcp:10053:interface=127.0.0.1", "Worker host: Locator endpoint."],
         ["http", None, "tcp:8080:interface=127.0.0.1", "Worker host: HTTP front end endpoint."],
         [
+            "rpc",
+            None,
+            "tcp:7300:interface=127.0.0.1",
+            "Worker host: reverse-RPC stream endpoint ('none': no RPC, no example agent).",
+        ],
+        [
             "bus-listen",
             None,
             "tcp:8081:interface=127.0.0.1",
@@ -135,4 +145,40 @@ def makeService(options: Options) -> IService:
             name=component.name,
             arguments=" ".join(arguments),
         )
+    if "workerhost" not in options["without"] and options["rpc"] != "none":
+        ExampleAgent(root.getServiceNamed("workerhost")).setServiceParent(root)
     return root
+
+
+class ExampleAgent(Service):
+    """An agent serving ``txloom.rpc.examples.echo``, joined to the worker host's RPC
+    controller as ``example-agent`` (so ``make run`` has something to call)."""
+
+    name = "rpc-example-agent"
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+        self.agent: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        from txloom.rpc import Dispatcher  # noqa: PLC0415
+        from txloom.rpc.agent import load_handlers  # noqa: PLC0415
+        from txloom.rpc.transports.stream import StreamClientTransport  # noqa: PLC0415
+
+        stream = self.host.rpc.transports[0]
+
+        def connect() -> None:
+            if stream.address is None:  # the controller listens once the host started
+                reactor.callLater(0.05, connect)
+                return
+            url = f"tcp://{stream.address.host}:{stream.address.port}"
+            handlers = load_handlers(["txloom.rpc.examples.echo"])
+            self.agent = StreamClientTransport(url, "example-agent", Dispatcher(handlers))
+            self.agent.start()
+
+        connect()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.agent.stop() if self.agent is not None else None

@@ -30,6 +30,7 @@ from txloom.worker.host import (
     WorkerHost,
 )
 from txloom.worker.logging_service import DEBUG, ERROR, INFO, WARNING
+from txloom.worker.rpc_service import build_controller
 
 VERBOSITY = {"debug": DEBUG, "info": INFO, "warning": WARNING, "error": ERROR}
 
@@ -93,6 +94,18 @@ class Options(usage.Options):
             str(DEFAULT_MAX_MESSAGE_SIZE),
             "Largest protocol message accepted from a client, in bytes.",
         ],
+        [
+            "rpc",
+            None,
+            None,
+            "Endpoint string for reverse-RPC agents over the stream transport, e.g. "
+            "tcp:7300 (their functions are then callable through the Locator's rpc service).",
+        ],
+        ["rpc-grpc", None, None, "Endpoint for reverse-RPC agents over gRPC, e.g. tcp:7301."],
+        ["rpc-token-file", None, None, "File holding the token reverse-RPC agents must send."],
+    ]
+    optFlags = [
+        ["rpc-http", None, "Serve the heartbeat and long-poll RPC transports at /rpc/ on --http."]
     ]
 
     def postOptions(self) -> None:
@@ -112,7 +125,16 @@ class Options(usage.Options):
                 raise ValueError
         except ValueError:
             raise usage.UsageError("--max-message-size must be an integer >= 1024") from None
-        for name in ("locator", "http"):
+        if self["rpc-http"] and not self["http"]:
+            raise usage.UsageError("--rpc-http needs --http (the front end serves /rpc/)")
+        self["rpc-token"] = None
+        if self["rpc-token-file"]:
+            try:
+                text = Path(self["rpc-token-file"]).read_text(encoding="utf-8")
+            except OSError as e:
+                raise usage.UsageError(f"--rpc-token-file: {e.strerror}") from None
+            self["rpc-token"] = text.strip()
+        for name in ("locator", "http", "rpc"):
             if self[name] is None:
                 continue
             try:
@@ -141,6 +163,9 @@ def makeService(options: Options) -> WorkerHost:
         service_host=options["service-host"],
         verbosity=VERBOSITY[options["verbosity"]],
         max_message_size=options["max-message-size"],
+        rpc=build_controller(
+            options["rpc"], options["rpc-grpc"], options["rpc-http"], options["rpc-token"]
+        ),
     )
     CleanExitOnSignal(host.reactor).setServiceParent(host)
     return host
