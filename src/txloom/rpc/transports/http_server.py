@@ -29,6 +29,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
@@ -197,7 +198,10 @@ class HttpServerTransport:
         site = Site(root)
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]
-        d = serverFromString(self.reactor, self.listen).listen(site)
+        # Wrapped to know the open connections: stopping must close kept-alive ones too,
+        # or agents would go on talking to a transport that has stopped.
+        self._connections = WrappingFactory(site)
+        d = serverFromString(self.reactor, self.listen).listen(self._connections)
 
         def listening(port: Any) -> None:
             self.port = port
@@ -216,6 +220,8 @@ class HttpServerTransport:
         port, self.port = self.port, None
         if port is None:
             return succeed(None)
+        for protocol in list(self._connections.protocols):
+            protocol.transport.abortConnection()
         return Deferred.fromCoroutine(_stopped(port))
 
     # -- one POST ---------------------------------------------------------------------------
@@ -232,7 +238,8 @@ class HttpServerTransport:
             messages = decode_batch(body)
         except RemoteProtocolError as e:
             return self._refuse(request, peer, 400, f"malformed batch: {e}")
-        if messages and isinstance(messages[0], Hello):
+        new_session = bool(messages) and isinstance(messages[0], Hello)
+        if new_session:
             peer = self._hello(request, messages[0])
             if peer is None:
                 return NOT_DONE_YET if request.finished else b""
@@ -252,7 +259,8 @@ class HttpServerTransport:
         self._heard(peer)
         if peer.held is not None:  # a newer POST takes over: the held one goes back now
             self.answer(peer, peer.held)
-        if peer.queue or self.name == "heartbeat":
+        # A hello is answered at once (never held): the agent needs its session token.
+        if peer.queue or self.name == "heartbeat" or new_session:
             return self._batch(peer)
         self._hold(peer, request)
         return NOT_DONE_YET
