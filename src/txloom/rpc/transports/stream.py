@@ -14,6 +14,7 @@ agent costs bounded memory and is dropped rather than let it hold the others up.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -90,6 +91,15 @@ def endpoint_for_url(url: str) -> str:
     return ":".join([f"{kind}:host={host}:port={parts.port}", *options])
 
 
+def _no_delay(transport: Any) -> None:
+    # Small frames answered at once: Nagle's algorithm would hold each one back for the
+    # peer's delayed ACK. TLS and Unix transports may not have the option.
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        with contextlib.suppress(OSError):
+            set_no_delay(True)
+
+
 # -- controller side --------------------------------------------------------------------------
 
 
@@ -133,6 +143,7 @@ class StreamPeerProtocol(Protocol):
         self._hello_timer: Any = None
 
     def connectionMade(self) -> None:
+        _no_delay(self.transport)
         peer = self.transport.getPeer()
         host = getattr(peer, "host", None)
         self.peer.address = f"{host}:{peer.port}" if host is not None else str(peer.name or "unix")
@@ -301,6 +312,7 @@ class StreamAgentProtocol(Protocol):
         self.session = AgentSession(client.dispatcher, self._send)
 
     def connectionMade(self) -> None:
+        _no_delay(self.transport)
         self.client._session_started(self)
         hello = Hello(self.client.name, 1, self.client.token)
         self.transport.write(encode_frame(hello, self.client.max_frame_size))
