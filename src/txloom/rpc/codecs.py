@@ -72,12 +72,26 @@ def type_name_of(kind: Any) -> str:
         return kind
     if isinstance(kind, Raw):
         return kind.type
+    try:
+        return _NAMES[kind]
+    except (KeyError, TypeError):
+        pass
     if _is_protobuf(kind):
-        return str(kind.DESCRIPTOR.full_name)
-    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-        name = kind.__dict__.get("__rpc_type__")
-        return name if isinstance(name, str) else f"{kind.__module__}.{kind.__qualname__}"
-    raise TypeError(f"{kind!r} is not an RPC type (a dataclass, a protobuf class or a name)")
+        name = str(kind.DESCRIPTOR.full_name)
+    elif isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        own = kind.__dict__.get("__rpc_type__")
+        name = own if isinstance(own, str) else f"{kind.__module__}.{kind.__qualname__}"
+    else:
+        raise TypeError(f"{kind!r} is not an RPC type (a dataclass, a protobuf class or a name)")
+    _NAMES[kind] = name
+    return name
+
+
+#: Type names by class (a class's name never changes once it is used).
+_NAMES: dict[Any, str] = {}
+
+#: Field names by dataclass, for encoding without ``dataclasses.fields`` on every call.
+_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 class Codec:
@@ -111,7 +125,8 @@ def encode_value(value: Any) -> bytes:
         return bytes(value)
     if isinstance(value, Raw):
         return value.payload
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    names = _FIELDS.get(type(value))
+    if names is not None or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
         return cbor2.dumps(_plain(value))
     serialize = getattr(value, "SerializeToString", None)
     if serialize is not None:
@@ -121,13 +136,22 @@ def encode_value(value: Any) -> bytes:
 
 def _plain(value: Any) -> Any:
     # dataclasses.asdict deep-copies every field; this walks only what needs converting.
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    names = _FIELDS.get(kind)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+_SCALARS = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 def _protobuf_from(kind: Any, payload: bytes) -> Any:
@@ -156,18 +180,34 @@ def _hints(kind: type) -> dict[str, Any]:
 
 
 def _dataclass_from(kind: type, obj: Any) -> Any:
-    name = type_name_of(kind)
     if not isinstance(obj, dict):
-        raise InvalidArgument(f"payload of {name} must be a map of its fields")
-    hints = _hints(kind)
+        raise InvalidArgument(f"payload of {type_name_of(kind)} must be a map of its fields")
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(kind):
-        if field.name in obj:
-            values[field.name] = _convert(hints.get(field.name), obj[field.name], name)
+    for name, hint in _plan(kind):
+        if name in obj:
+            value = obj[name]
+            values[name] = value if hint is None else _convert(hint, value, name)
     try:
         return kind(**values)
     except TypeError as e:  # a missing field, or the class's own check refusing a value
-        raise InvalidArgument(f"payload does not make a {name}: {e}") from None
+        raise InvalidArgument(f"payload does not make a {type_name_of(kind)}: {e}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(kind: type) -> tuple[tuple[str, Any], ...]:
+    """(field, the annotation if it needs converting, else None) for each field."""
+    hints = _hints(kind)
+    plan = []
+    for field in dataclasses.fields(kind):
+        hint = hints.get(field.name)
+        plain = (
+            hint is None
+            or hint in _SCALARS
+            or hint is Any
+            or (typing.get_origin(hint) is None and not dataclasses.is_dataclass(hint))
+        )
+        plan.append((field.name, None if plain else hint))
+    return tuple(plan)
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
