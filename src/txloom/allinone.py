@@ -3,8 +3,9 @@
 This is what ``make run`` starts: a store server on 7400 with its write-ahead log under
 ``DATA/store``, the worker host serving its example apps (an echo worker through the
 Locator on 10053, a WSGI hello app over HTTP on 8080, reverse-RPC agents on 7300 and at
-/rpc/ on 8080, with one example agent joined), and a bus node (WebSocket mesh on 8081). Each part is
-built by its own plugin's ``Options``/``makeService``, exactly as
+/rpc/ on 8080 with one example agent joined) and the ``facts`` nested-stream service on
+7410 (each store's facts, found through the Locator), and a bus node (WebSocket mesh on
+8081). Each part is built by its own plugin's ``Options``/``makeService``, exactly as
 ``twistd storeserver ...`` would build it, so the all-in-one node never drifts from the
 single-purpose plugins; only the arguments are chosen here.
 """
@@ -46,9 +47,27 @@ def _worker_arguments(options: Options) -> list[str]:
     arguments += ["--http", options["http"]]
     if options["rpc"] != "none":
         arguments += ["--rpc", options["rpc"], "--rpc-http"]
+    store = _store_client_endpoint(options["store-listen"])
+    if options["streams"] != "none" and "store" not in options["without"] and store:
+        arguments += ["--streams", options["streams"], "--stream-service", f"facts store={store}"]
+    elif options["streams"] != "none":
+        log.info("all-in-one: no facts stream service (the store's port is not fixed)")
     if options["runtime"]:
         arguments += ["--runtime", options["runtime"]]
     return arguments
+
+
+def _store_client_endpoint(listen: str) -> str | None:
+    """``tcp:PORT:interface=HOST`` -> a client endpoint string for it (None for port 0)."""
+    kind, _, rest = listen.partition(":")
+    parts = rest.split(":")
+    if kind != "tcp" or not parts or not parts[0].isdigit() or parts[0] == "0":
+        return None
+    host = "127.0.0.1"
+    for part in parts[1:]:
+        if part.startswith("interface=") and part[len("interface=") :] not in ("", "0.0.0.0"):
+            host = part[len("interface=") :]
+    return f"tcp:{host}:{parts[0]}"
 
 
 def _bus_arguments(options: Options) -> list[str]:
@@ -97,6 +116,13 @@ class Options(usage.Options):
             None,
             "tcp:7300:interface=127.0.0.1",
             "Worker host: reverse-RPC stream endpoint ('none': no RPC, no example agent).",
+        ],
+        [
+            "streams",
+            None,
+            "tcp:7410:interface=127.0.0.1",
+            "Worker host: nested-stream services endpoint, serving 'facts' from the store "
+            "('none' to leave it out).",
         ],
         [
             "bus-listen",

@@ -336,6 +336,18 @@ class IAddressResolverFactory(IExtensionFactory):
         """An ``IAddressResolver`` configured by ``options`` (its Options, parsed)."""
 
 
+class IStreamServiceFactory(IExtensionFactory):
+    """Builds a source function served under ``name`` (``workerhost --stream-service NAME``).
+
+    A source function is called as ``source_func(body, tags)`` and returns the request's
+    sources (see ``txloom.streams.source``). If it has a ``stop()`` method, the host calls
+    it when it stops (to release clients the function holds), and waits on its Deferred.
+    """
+
+    def source_function(options):  # type: ignore[misc]
+        """A source function configured by ``options`` (its Options, parsed, or None)."""
+
+
 # =============================================================================================
 # Bus node (txloom.bus)
 # =============================================================================================

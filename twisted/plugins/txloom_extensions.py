@@ -22,6 +22,13 @@ rpc_stream = StreamTransportFactory()
 rpc_heartbeat = HeartbeatTransportFactory()
 rpc_longpoll = LongPollTransportFactory()
 
-# Nested streams: IAddressResolverFactory
+# Nested streams: IAddressResolverFactory, IStreamServiceFactory
+from txloom.facts_streams import FactsServiceFactory  # noqa: E402
+from txloom.streams.resolvers import StaticResolverFactory  # noqa: E402
+from txloom.worker.stream_resolver import LocatorResolverFactory  # noqa: E402
+
+streams_static = StaticResolverFactory()
+streams_locator = LocatorResolverFactory()
+streams_facts = FactsServiceFactory()
 
 # Bus node: IDiscoveryFactory, IMeshTransportFactory, IBridgeFactory

@@ -95,6 +95,18 @@ class SourceStream:
 
         return self.__anext__().addErrback(end)
 
+    def read_batch(self) -> Deferred[list[bytes]]:
+        """Every frame read ahead (waiting for one if none is); ``[]`` after the last.
+
+        For readers of many small frames: one Deferred per batch instead of per frame.
+        """
+        if self._frames:
+            frames = list(self._frames)
+            self._frames.clear()
+            self._resume()
+            return succeed(frames)
+        return self.read().addCallback(lambda frame: [] if frame is None else [frame])
+
     def close(self) -> None:
         """Stop reading this source: its channel is closed and read-ahead frames dropped."""
         self._frames.clear()
@@ -105,12 +117,15 @@ class SourceStream:
 
     def _take(self) -> bytes:
         frame = self._frames.popleft()
+        self._resume()
+        return frame
+
+    def _resume(self) -> None:
         if self._paused and len(self._frames) < self._limit:
             self._paused = False
             connection = self._connection
             if connection is not None and connection.transport is not None:
                 connection.transport.resumeProducing()
-        return frame
 
     # -- from the channel --------------------------------------------------------------
     def connected(self, connection: ChannelConnection) -> None:

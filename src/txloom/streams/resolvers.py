@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
 
-from txloom.interfaces import IAddressResolver
+from txloom.interfaces import IAddressResolver, IAddressResolverFactory
 
-__all__ = ["StaticResolver", "StaticResolverOptions", "parse_map"]
+__all__ = ["StaticResolver", "StaticResolverFactory", "StaticResolverOptions", "parse_map"]
 
 
 @implementer(IAddressResolver)
@@ -48,3 +49,13 @@ class StaticResolverOptions(usage.Options):
 
     def postOptions(self) -> None:
         self["map"] = parse_map(self["services"])
+
+
+@implementer(IPlugin, IAddressResolverFactory)
+class StaticResolverFactory:
+    name = "static"
+    description = "a fixed map (service=NAME=ENDPOINT, repeatable)"
+    options = StaticResolverOptions
+
+    def resolver(self, options: usage.Options | None) -> StaticResolver:
+        return StaticResolver(options["map"] if options is not None else {})

@@ -20,6 +20,8 @@ from pathlib import Path
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from txloom import extensions
+from txloom.interfaces import IStreamServiceFactory
 from txloom.shutdown import CleanExitOnSignal
 from txloom.wire.cocaine import DEFAULT_MAX_MESSAGE_SIZE
 from txloom.worker.connection import default_reactor
@@ -89,6 +91,15 @@ class Options(usage.Options):
             "debug, info, warning or error.",
         ],
         [
+            "streams",
+            None,
+            None,
+            "Endpoint string for nested-stream services hosted next to the apps, e.g. "
+            "tcp:7410 (off unless given; each --stream-service is registered with the "
+            "Locator at this address).",
+        ],
+        ["streams-token", None, None, "Shared token every nested-streams request must carry."],
+        [
             "max-message-size",
             None,
             str(DEFAULT_MAX_MESSAGE_SIZE),
@@ -108,7 +119,30 @@ class Options(usage.Options):
         ["rpc-http", None, "Serve the heartbeat and long-poll RPC transports at /rpc/ on --http."]
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["stream-services"] = []
+
+    def opt_stream_service(self, value: str) -> None:
+        """'NAME [key=value ...]': serve the stream service NAME with --streams (repeatable)."""
+        self["stream-services"].append(value)
+
+    def _stream_services(self) -> None:
+        words = [v.split() for v in self["stream-services"]]
+        if words and not self["streams"]:
+            raise usage.UsageError("--stream-service needs --streams ENDPOINT")
+        if self["streams"] and not words:
+            raise usage.UsageError("--streams needs at least one --stream-service NAME")
+        chosen = []
+        for name, *settings in words:
+            factory = extensions.choose(IStreamServiceFactory, name, "--stream-service")
+            chosen.append(
+                (factory, extensions.parse_options(factory, settings, "--stream-service"))
+            )
+        self["stream-services"] = chosen
+
     def postOptions(self) -> None:
+        self._stream_services()
         if not self["apps"]:
             raise usage.UsageError("--apps DIR is required (a directory of app manifests)")
         apps = Path(self["apps"])
@@ -134,7 +168,7 @@ class Options(usage.Options):
             except OSError as e:
                 raise usage.UsageError(f"--rpc-token-file: {e.strerror}") from None
             self["rpc-token"] = text.strip()
-        for name in ("locator", "http", "rpc"):
+        for name in ("locator", "http", "streams", "rpc"):
             if self[name] is None:
                 continue
             try:
@@ -167,5 +201,16 @@ def makeService(options: Options) -> WorkerHost:
             options["rpc"], options["rpc-grpc"], options["rpc-http"], options["rpc-token"]
         ),
     )
+    if options["streams"]:
+        from txloom.worker.stream_mount import StreamMount  # noqa: PLC0415 - only if asked
+
+        services = {f.name: f.source_function(o) for f, o in options["stream-services"]}
+        token = options["streams-token"]
+        StreamMount(
+            host,
+            options["streams"],
+            services,
+            token=token.encode() if token else None,
+        ).setServiceParent(host)
     CleanExitOnSignal(host.reactor).setServiceParent(host)
     return host
