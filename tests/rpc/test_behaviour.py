@@ -5,6 +5,7 @@ Real sockets on loopback; each test runs once per transport in ``support.rpc.HAR
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -158,11 +159,11 @@ async def test_agent_killed_mid_call_fails_the_call_at_once(harness: Harness) ->
     _other, _ = await connect(harness, clients, "a2")
     call = clients.call("a1", Hang("k"), timeout=60)
     await until(lambda: agent.started == ["k"], what="the handler to start")
-    started = harness.server.reactor.seconds()
+    started = time.monotonic()
     harness.kill(transport)
     with pytest.raises(Cancelled):
         await call
-    assert harness.server.reactor.seconds() - started < 10
+    assert time.monotonic() - started < 10  # not the call's 60 s timeout
     assert "a1" not in clients
     assert await clients.call("a2", Echo("ok")) == Echo("a2:ok")
 

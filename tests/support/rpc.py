@@ -201,6 +201,37 @@ class LongPollHarness(HttpHarness):
     interval = 0.5
 
 
+class GrpcHarness(Harness):
+    """The gRPC transport (aperture's wire), built through its plugin factory."""
+
+    kind = "grpc"
+
+    async def start(self, clients: Clients) -> None:
+        from txloom.extensions import available, parse_options
+        from txloom.interfaces import IRPCTransportFactory
+
+        self.factory = available(IRPCTransportFactory)["grpc"]
+        words = ["listen=tcp:0:interface=127.0.0.1", "hello-timeout=2"]
+        self.server = self.factory.server(clients, parse_options(self.factory, words, "-"))
+        await self.server.start()
+
+    def client(self, name: str, dispatcher: Any, token: str | None) -> Any:
+        from txloom.extensions import parse_options
+
+        options = parse_options(self.factory, ["reconnect-initial=0.05", "reconnect-max=0.2"], "-")
+        url = f"grpc://127.0.0.1:{self.server.port}"
+        return self.factory.client(url, name, dispatcher, token, options)
+
+    def kill(self, agent: Any) -> None:
+        agent.stop()  # the channel is closed at once: the controller sees its stream end
+
+    async def send_garbage(self) -> None:
+        # Not HTTP/2 at all: the gRPC server drops the connection.
+        with socket.create_connection(("127.0.0.1", self.server.port)) as sock:
+            sock.sendall(b"\x00\x00\x00\x05\xff\xfe\xfd\xfc\xfb" * 20)
+            await until_closed(sock)
+
+
 def sleep(seconds: float) -> Deferred[None]:
     """Wait on the reactor (only to let a handler be mid-call; never to wait for a result)."""
     from twisted.internet import reactor
@@ -217,4 +248,5 @@ HARNESSES: dict[str, Callable[[Path], Harness]] = {
     "tls": TlsHarness,
     "heartbeat": HttpHarness,
     "longpoll": LongPollHarness,
+    "grpc": GrpcHarness,
 }
