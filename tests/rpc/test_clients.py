@@ -202,3 +202,22 @@ def test_when_joined_and_close_all() -> None:
     assert result_of(d).name == "a"
     clients.close_all()
     assert peer.closed is not None and not clients.list()
+
+
+def test_deadlines_share_one_timer_and_keep_their_order() -> None:
+    clock = Clock()
+    clients = Clients(clock=clock)
+    peer = joined(clients)
+    slow = clients.call("a", Ping(1), timeout=5)
+    fast = clients.call("a", Ping(2), timeout=1)
+    answered = clients.call("a", Ping(3), timeout=2)
+    clients.received(peer, Response(9, b"\xa1an\x03"))
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(1)
+    assert isinstance(result_of(fast), DeadlineExceeded) and not slow.called
+    clock.advance(1)
+    assert result_of(answered) == Pong(3)
+    assert [m for m in peer.sent if isinstance(m, Cancel)] == [Cancel(8)]
+    clock.advance(3)
+    assert isinstance(result_of(slow), DeadlineExceeded)
+    assert not clock.getDelayedCalls()

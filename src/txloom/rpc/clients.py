@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from txloom.interfaces import IRPCPeerRegistry
 from txloom.rpc.codecs import Codec, Raw, codec_for, encode_value, type_name_of
+from txloom.rpc.deadlines import Deadlines
 from txloom.rpc.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -92,14 +93,14 @@ Event = AgentJoined | AgentLeft
 
 
 class _Call:
-    __slots__ = ("codec", "deferred", "id", "timer", "type_name")
+    __slots__ = ("codec", "deferred", "id", "timeout", "type_name")
 
     def __init__(self, call_id: int, type_name: str, codec: Codec, deferred: Deferred[Any]):
         self.id = call_id
         self.type_name = type_name
         self.codec = codec
         self.deferred = deferred
-        self.timer: Any = None
+        self.timeout = 0.0
 
 
 class _Agent:
@@ -151,6 +152,7 @@ class Clients:
         self._listeners: list[Callable[[Event], Any]] = []
         self._waiting: dict[str, list[Deferred[AgentInfo]]] = {}
         self._response_types: dict[str, type] = {}
+        self._deadlines = Deadlines(clock)
 
     # -- what transports report (IRPCPeerRegistry) ----------------------------------------
 
@@ -188,8 +190,6 @@ class Clients:
         call = agent.calls.pop(response.id, None)
         if call is None:  # late (timed out, cancelled) or never asked: ignored
             return
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
         if isinstance(response, ErrorResponse):
             call.deferred.errback(RPCError.from_response(response))
             return
@@ -212,8 +212,6 @@ class Clients:
             del self._agents[agent.name]
         calls, agent.calls = agent.calls, {}
         for call in calls.values():
-            if call.timer is not None and call.timer.active():
-                call.timer.cancel()
             call.deferred.errback(Cancelled(f"agent {agent.name} left: {reason}"))
         self.log.info("agent {name} left: {reason}", name=agent.name, reason=reason)
         self._emit(AgentLeft(info, reason))
@@ -257,14 +255,13 @@ class Clients:
 
         def cancel(_: Deferred[Any]) -> None:
             if agent.calls.pop(call_id, None) is not None:
-                if call.timer is not None and call.timer.active():
-                    call.timer.cancel()
                 agent.peer.send_cancel(call_id)
 
         call = _Call(call_id, type_name, codec, Deferred(cancel))
         agent.calls[call_id] = call
         if timeout > 0:
-            call.timer = self.clock.callLater(timeout, self._expire, agent, call, timeout)
+            call.timeout = timeout
+            self._deadlines.after(timeout, self._expire, agent, call)
         timeout_ms = max(0, round(timeout * 1000))
         agent.peer.send_request(Request(call_id, type_name, timeout_ms, payload))
         return call.deferred
@@ -277,11 +274,12 @@ class Clients:
             return known
         return getattr(type(request), "__rpc_response__", None)
 
-    def _expire(self, agent: _Agent, call: _Call, timeout: float) -> None:
-        if agent.calls.pop(call.id, None) is None:
-            return
+    def _expire(self, agent: _Agent, call: _Call) -> None:
+        if agent.calls.get(call.id) is not call:
+            return  # answered, cancelled or failed already
+        del agent.calls[call.id]
         agent.peer.send_cancel(call.id)
-        message = f"agent {agent.name} did not answer {call.type_name} within {timeout:g}s"
+        message = f"agent {agent.name} did not answer {call.type_name} within {call.timeout:g}s"
         call.deferred.errback(DeadlineExceeded(message))
 
     def call_all(

@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from txloom.interfaces import IRPCDispatcher
 from txloom.rpc.codecs import encode_value
+from txloom.rpc.deadlines import Deadlines
 from txloom.rpc.errors import Cancelled, DeadlineExceeded, Internal, RPCError, Unavailable
 from txloom.rpc.handlers import HandlerRegistry
 from txloom.wire.rpc import ErrorResponse, Request, Response
@@ -52,6 +53,7 @@ class Dispatcher:
         self.handlers = handlers
         self.clock = clock
         self.deadline_grace = deadline_grace
+        self._deadlines = Deadlines(clock)
         #: Requests running now (for stats and tests).
         self.running = 0
 
@@ -77,7 +79,6 @@ class Dispatcher:
 
     def _running(self, request: Request, type_name: str, work: Deferred[Any]) -> Deferred[Answer]:
         self.running += 1
-        timer = None
         expired = False
 
         def cancel(_: Deferred[Answer]) -> None:
@@ -89,16 +90,15 @@ class Dispatcher:
 
         def expire() -> None:
             nonlocal expired
-            expired = True
-            work.cancel()
+            if not answer.called:
+                expired = True
+                work.cancel()
 
         if request.timeout_ms > 0:
-            timer = self.clock.callLater(request.timeout_ms / 1000 + self.deadline_grace, expire)
+            self._deadlines.after(request.timeout_ms / 1000 + self.deadline_grace, expire)
 
         def done(result: Any) -> None:
             self.running -= 1
-            if timer is not None and timer.active():
-                timer.cancel()
             if isinstance(result, Failure):
                 if result.check(CancelledError):
                     err: RPCError = (
