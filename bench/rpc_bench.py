@@ -8,7 +8,8 @@ same shape (the agent process dials the controller, the controller calls the age
 calls/s, p50/p99 latency and the controller's CPU per call, at concurrency 1 and 64.
 Then ``call_all`` latency to 10, 100 and 1,000 agents (stream transport, the agents
 multiplexed over four processes). The controller is this process; agents run in child
-processes (``--agent``). Ratios against AMP are measured in the same run.
+processes (``--agent``). Ratios against AMP are measured in the same run. The reactor is
+epoll (``twistd``'s default) unless ``--asyncio`` is given.
 """
 
 from __future__ import annotations
@@ -21,18 +22,23 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import asyncioreactor
+if "--asyncio" in sys.argv:
+    from twisted.internet import asyncioreactor
 
-asyncioreactor.install()
+    asyncioreactor.install()
+else:
+    from twisted.internet import epollreactor
 
-from twisted.internet import defer, reactor, task  # noqa: E402
-from twisted.internet.endpoints import clientFromString, serverFromString  # noqa: E402
-from twisted.internet.protocol import Factory  # noqa: E402
-from twisted.protocols import amp  # noqa: E402
+    epollreactor.install()
 
-from txloom.extensions import available, parse_options  # noqa: E402
-from txloom.interfaces import IRPCTransportFactory  # noqa: E402
-from txloom.rpc import Clients, Dispatcher, HandlerRegistry, rpc_type  # noqa: E402
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.protocol import Factory
+from twisted.protocols import amp
+
+from txloom.extensions import available, parse_options
+from txloom.interfaces import IRPCTransportFactory
+from txloom.rpc import Clients, Dispatcher, HandlerRegistry, rpc_type
 
 TARGET_STREAM_VS_AMP_64 = 2.0
 TARGET_STREAM_VS_AMP_1 = 1.0
@@ -94,6 +100,8 @@ async def load(call: Any, concurrency: int, seconds: float) -> dict[str, float]:
 
 def spawn_agents(url: str, count: int, prefix: str) -> subprocess.Popen[bytes]:
     argv = [sys.executable, __file__, "--agent", url, "--count", str(count), "--prefix", prefix]
+    if "--asyncio" in sys.argv:
+        argv.append("--asyncio")
     return subprocess.Popen(argv)
 
 
@@ -263,6 +271,9 @@ async def agent_main(url: str, count: int, prefix: str) -> None:
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--asyncio", action="store_true", help="run on the asyncio reactor (default: epoll)"
+    )
     parser.add_argument("--agent", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", default="agent-", help=argparse.SUPPRESS)
