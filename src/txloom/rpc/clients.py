@@ -238,10 +238,21 @@ class Clients:
         Deferred cancels the call (the agent is sent ``cancel``).
         """
         try:
-            type_name = type_name_of(request if isinstance(request, Raw) else type(request))
-            payload = encode_value(request)
+            prepared = self._prepare(request, response_type)
         except TypeError as e:
             return fail(InvalidArgument(str(e)))
+        return self._call(name, prepared, timeout)
+
+    def _prepare(self, request: Any, response_type: type | None) -> tuple[str, bytes, Codec]:
+        """A request's type name, payload and response codec (once, even for call_all)."""
+        type_name = type_name_of(request if isinstance(request, Raw) else type(request))
+        payload = encode_value(request)
+        return type_name, payload, codec_for(self._response_type(request, type_name, response_type))
+
+    def _call(
+        self, name: str, prepared: tuple[str, bytes, Codec], timeout: float | None
+    ) -> Deferred[Any]:
+        type_name, payload, codec = prepared
         agent = self._agents.get(name)
         if agent is None:
             return fail(NotFound(f"no agent named {name!r}"))
@@ -249,7 +260,6 @@ class Clients:
             message = f"agent {name} has {len(agent.calls)} calls in flight"
             return fail(Unavailable(message))
         timeout = self.timeout if timeout is None else timeout
-        codec = codec_for(self._response_type(request, type_name, response_type))
         call_id = agent.next_id
         agent.next_id = call_id + 1 if call_id < _MAX_ID else 0
 
@@ -295,7 +305,11 @@ class Clients:
         waits only for its own agent.
         """
         targets = list(self._agents) if names is None else list(names)
-        calls = [self.call(n, request, timeout, response_type) for n in targets]
+        try:
+            prepared = self._prepare(request, response_type)
+        except TypeError as e:
+            return fail(InvalidArgument(str(e)))
+        calls = [self._call(n, prepared, timeout) for n in targets]
         done = DeferredList(calls, consumeErrors=True)
 
         def collect(results: list[tuple[bool, Any]]) -> dict[str, Any]:
