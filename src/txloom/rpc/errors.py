@@ -15,6 +15,7 @@ from typing import Any
 from txloom.wire.rpc import ErrorResponse
 
 __all__ = [
+    "STATUS_NUMBERS",
     "Cancelled",
     "DeadlineExceeded",
     "Internal",
@@ -24,6 +25,19 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
 ]
+
+
+#: Error code -> its number where a wire wants numbers (gRPC's ``google.rpc.Code``): the
+#: gRPC transport's status codes and the worker host's ``rpc`` service errors.
+STATUS_NUMBERS: dict[str, int] = {
+    "cancelled": 1,
+    "invalid_argument": 3,
+    "deadline_exceeded": 4,
+    "not_found": 5,
+    "internal": 13,
+    "unavailable": 14,
+    "unauthenticated": 16,
+}
 
 
 class RPCError(Exception):

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from txloom.interfaces import IReplyChannel, IService
 from txloom.rpc import Clients, Raw, RPCError
+from txloom.rpc.errors import STATUS_NUMBERS
 from txloom.wire.cocaine import HeaderEntry
 from txloom.worker import errors
 from txloom.worker.dispatch import PRIMITIVE, TERMINAL
@@ -31,17 +32,6 @@ __all__ = ["RPC", "RpcService"]
 
 #: Error category of reverse-RPC failures on the worker host's services.
 RPC = 4
-
-#: RPC error code -> error number (gRPC's status numbers).
-CODE_NUMBERS = {
-    "cancelled": 1,
-    "invalid_argument": 3,
-    "deadline_exceeded": 4,
-    "not_found": 5,
-    "internal": 13,
-    "unavailable": 14,
-    "unauthenticated": 16,
-}
 
 CALL, CALL_ALL, LIST = 0, 1, 2
 
@@ -129,7 +119,7 @@ class RpcService:
 
 def _error(reply: IReplyChannel, error: BaseException) -> None:
     if isinstance(error, RPCError):
-        reply.error(RPC, CODE_NUMBERS.get(error.code, 13), f"{error.code}: {error.message}")
+        reply.error(RPC, STATUS_NUMBERS.get(error.code, 13), f"{error.code}: {error.message}")
     else:
         reply.error(RPC, 13, f"internal: {error}")
 
