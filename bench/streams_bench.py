@@ -35,9 +35,6 @@ FLOOD_PAYLOAD = b"f" * 64
 
 
 def serve() -> None:
-    from twisted.internet import asyncioreactor
-
-    asyncioreactor.install()
     from twisted.internet import reactor
     from twisted.internet.protocol import Factory, Protocol
 
@@ -250,9 +247,6 @@ def main() -> None:
     try:
         line = child.stdout.readline().split()  # type: ignore[union-attr]
         ports = (int(line[1]), int(line[2]))
-        from twisted.internet import asyncioreactor
-
-        asyncioreactor.install()
         from twisted.internet import reactor
         from twisted.internet.defer import Deferred
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from support.splits import split
@@ -14,6 +14,7 @@ from txloom.wire.errors import FrameTooLarge, RemoteProtocolError, TruncatedFram
 from txloom.wire.framing import U64_LE
 from txloom.wire.streams import (
     ABORT_MARK,
+    LARGE_FRAME,
     MAX_CONTROL_SIZE,
     Accepted,
     Announce,
@@ -206,4 +207,32 @@ def test_garbage_gives_events_or_a_remote_error(make, data, eof) -> None:
         drain(decoder, [data], eof=eof)
         return
     with pytest.raises(RemoteProtocolError):  # sticky
+        decoder.next_event()
+
+
+LARGE = [bytes(range(256)) * 1100, b"small", b"y" * (LARGE_FRAME + 1), b""]
+
+
+@settings(max_examples=25)
+@given(st.lists(st.integers(min_value=1, max_value=100_000), min_size=1, max_size=6))
+def test_large_frames_gathered_under_any_reads(sizes) -> None:
+    stream = control(Accepted()) + b"".join(encode_frame(p) for p in LARGE)
+    pieces, i = [], 0
+    while i < len(stream):
+        size = sizes[len(pieces) % len(sizes)]
+        pieces.append(stream[i : i + size])
+        i += size
+    events = drain(ChannelDecoder(False), pieces)
+    assert events == [Accepted(), *(Frame(p) for p in LARGE), ConnectionClosed()]
+
+
+def test_large_frame_cut_is_truncated() -> None:
+    decoder = ChannelDecoder(False)
+    stream = control(Accepted()) + encode_frame(bytes(LARGE_FRAME * 2))
+    for i in range(0, len(stream) - 1000, 65536):
+        decoder.receive_data(stream[i : min(i + 65536, len(stream) - 1000)])
+        list(decoder)
+    assert decoder.in_frame and decoder.pending > LARGE_FRAME
+    decoder.receive_eof()
+    with pytest.raises(TruncatedFrame):
         decoder.next_event()

@@ -60,7 +60,9 @@ class SourceStream:
         self.ready = False
         self.frames_received = 0
         self._frames: deque[bytes] = deque()
-        self._waiter: Deferred[bytes] | None = None
+        #: The pending read, and whether it wants a batch (a list) or one frame.
+        self._waiter: Deferred[Any] | None = None
+        self._wants_batch = False
         self._end: BaseException | None = None
         self._ended = False
         self._connection: ChannelConnection | None = None
@@ -81,9 +83,13 @@ class SourceStream:
             return succeed(self._take())
         if self._ended:
             return fail(self._end or StopAsyncIteration())
+        return self._wait(batch=False)
+
+    def _wait(self, batch: bool) -> Deferred[Any]:
         if self._waiter is not None:
             raise RuntimeError("one reader at a time: the previous read has not fired")
         self._waiter = Deferred()
+        self._wants_batch = batch
         self.read_deadline.arm()
         return self._waiter
 
@@ -101,11 +107,10 @@ class SourceStream:
         For readers of many small frames: one Deferred per batch instead of per frame.
         """
         if self._frames:
-            frames = list(self._frames)
-            self._frames.clear()
-            self._resume()
-            return succeed(frames)
-        return self.read().addCallback(lambda frame: [] if frame is None else [frame])
+            return succeed(self._take_all())
+        if self._ended:
+            return succeed([]) if self._end is None else fail(self._end)
+        return self._wait(batch=True)
 
     def close(self) -> None:
         """Stop reading this source: its channel is closed and read-ahead frames dropped."""
@@ -119,6 +124,12 @@ class SourceStream:
         frame = self._frames.popleft()
         self._resume()
         return frame
+
+    def _take_all(self) -> list[bytes]:
+        frames = list(self._frames)
+        self._frames.clear()
+        self._resume()
+        return frames
 
     def _resume(self) -> None:
         if self._paused and len(self._frames) < self._limit:
@@ -138,19 +149,24 @@ class SourceStream:
         self.request.source_ready()
 
     def frame(self, payload: bytes) -> None:
+        """One frame arrived; the reader is woken by ``wake`` once per read of the socket."""
         if self._ended:
             return
         self.frames_received += 1
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            self.read_deadline.cancel()
-            waiter.callback(payload)
-            return
-        self._frames.append(payload)
-        if len(self._frames) >= self._limit and not self._paused:
+        frames = self._frames
+        frames.append(payload)
+        if len(frames) >= self._limit and not self._paused:
             self._paused = True
             self._connection.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def wake(self) -> None:
+        """Hand what arrived to a waiting reader: one Deferred per socket read, not per frame."""
+        waiter = self._waiter
+        if waiter is None or not self._frames:
+            return
+        self._waiter = None
+        self.read_deadline.cancel()
+        waiter.callback(self._take_all() if self._wants_batch else self._take())
 
     def fail(self, error: BaseException) -> None:
         """End this source with ``error`` (after the frames already received)."""
@@ -162,12 +178,16 @@ class SourceStream:
             self._connection.transport.abortConnection()
 
     def _finish(self, error: BaseException | None) -> None:
+        self.wake()  # frames received before the end go first
         self._ended = True
         self._end = error
         self.read_deadline.cancel()
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            waiter.errback(error or StopAsyncIteration())
+            if error is None and self._wants_batch:
+                waiter.callback([])
+            else:
+                waiter.errback(error or StopAsyncIteration())
         if not self.ready:
             self.ready = True
             self.request.source_ready()
@@ -204,6 +224,7 @@ class ChannelConnection(Protocol):
                     self._control(event)
         except RemoteProtocolError as e:
             source.fail(e)
+        source.wake()
 
     def _control(self, event: object) -> None:
         if isinstance(event, Accepted):

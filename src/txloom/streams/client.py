@@ -22,10 +22,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -49,6 +49,9 @@ from txloom.wire.streams import (
 
 __all__ = ["RequestStream", "StreamClient"]
 
+#: Endpoint objects kept per client (a resolver may hand out many over a long life).
+MAX_CACHED_ENDPOINTS = 256
+
 
 class StreamClient:
     """Posts requests to nested-stream servers found through ``resolver``."""
@@ -61,6 +64,8 @@ class StreamClient:
         self.reactor, self.clock = self.options.reactor_and_clock()
         #: endpoint string -> IStreamClientEndpoint (override to add TLS settings, proxies...).
         self.endpoint_factory: Callable[[str], Any] = lambda s: clientFromString(self.reactor, s)
+        #: Endpoints already built, by string: a request opens one connection per source.
+        self._endpoints: dict[str, Any] = {}
         self.random = random.Random()
 
     def post(self, vaddr: str, body: bytes, tags: Mapping[str, str] | None = None) -> RequestStream:
@@ -82,7 +87,12 @@ class StreamClient:
 
     def connect(self, endpoint: str, protocol: Protocol) -> Deferred[Protocol]:
         """``protocol`` connected to ``endpoint`` within the dial timeout."""
-        d = connectProtocol(self.endpoint_factory(endpoint), protocol)
+        built = self._endpoints.get(endpoint)
+        if built is None:
+            if len(self._endpoints) >= MAX_CACHED_ENDPOINTS:
+                self._endpoints.clear()
+            built = self._endpoints[endpoint] = self.endpoint_factory(endpoint)
+        d = built.connect(_OneConnection(protocol))
         timed_out: list[bool] = []
 
         def expire() -> None:
@@ -99,6 +109,19 @@ class StreamClient:
             return result
 
         return d.addBoth(done)
+
+
+class _OneConnection(Factory):
+    """Hands one ready-made protocol to an endpoint (``connectProtocol`` without its
+    per-call class and its start/stop log lines)."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self.protocol_instance
 
 
 class RequestStream:

@@ -104,7 +104,8 @@ class ReceiveBuffer:
         """
         start = self._pos + skip
         end = start + size
-        out = bytes(self._data[start:end])
+        with memoryview(self._data) as view:  # one copy (a bytearray slice would be two)
+            out = bytes(view[start:end])
         self._consume_to(end)
         return out
 

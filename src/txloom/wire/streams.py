@@ -267,6 +267,8 @@ def decode_control(payload: bytes) -> Control:
 #: peer that does not know it still sees an error; a txloom client names it.
 ABORT_LENGTH = 2**64 - 1
 ABORT_MARK = U64_LE.pack(ABORT_LENGTH)
+#: Frames at least this large are gathered from a list of reads and joined once.
+LARGE_FRAME = 256 * 1024
 #: Default most sources one request may announce (server and client).
 DEFAULT_MAX_SOURCES = 100_000
 
@@ -397,16 +399,72 @@ class ChannelDecoder(LengthPrefixDecoder):
         self.compressed = compressed
         self.max_frame_size = max_frame_size
         self._state = "first"
+        #: Pieces of one large frame being assembled, and how many bytes complete it.
+        self._pieces: list[bytes] | None = None
+        self._pieces_size = 0
+        self._pieces_need = 0
+        #: A large frame's payload, joined and not yet returned.
+        self._ready: bytes | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer) + self._pieces_size + len(self._ready or b"")
+
+    @property
+    def in_frame(self) -> bool:
+        return bool(self._buffer) or self._pieces is not None
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """As ``Decoder.receive_data``; a large frame's payload is gathered as a list of
+        reads and joined once, straight into the payload (no buffer grown read by read, no
+        second copy out of it)."""
+        if self._pieces is None or self._eof:
+            super().receive_data(data)
+            return
+        data = bytes(data)
+        missing = self._pieces_need - self._pieces_size
+        if len(data) < missing:
+            self._pieces.append(data)
+            self._pieces_size += len(data)
+            return
+        self._pieces.append(data[:missing])
+        self._ready = b"".join(self._pieces)
+        self._pieces, self._pieces_size = None, 0
+        super().receive_data(data[missing:])
+
+    def receive_eof(self) -> None:
+        if self._pieces is not None:  # a cut large frame: back into the buffer, to raise
+            pieces, self._pieces, self._pieces_size = self._pieces, None, 0
+            super().receive_data(U64_LE.pack(self._pieces_need) + b"".join(pieces))
+        super().receive_eof()
+
+    def next_event(self) -> Any:
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            return Frame(ready)
+        return super().next_event()
 
     def __iter__(self) -> Iterator[Any]:
         """Every event available now; whole plain frames are taken in one tight loop."""
         buffer = self._buffer
         while True:
+            if self._ready is not None:
+                yield self.next_event()
             if self._state == "frames" and not self.compressed and self._error is None:
                 limit = self.max_size
                 while True:
                     head = buffer.unpack(U64_LE)
-                    if head is None or head[0] > limit or len(buffer) < 8 + head[0]:
+                    if head is None or head[0] > limit:
+                        break
+                    if len(buffer) < 8 + head[0]:
+                        if head[0] >= LARGE_FRAME and not self._eof:
+                            buffer.skip(8)
+                            self._pieces = [buffer.peek()]
+                            self._pieces_size = len(self._pieces[0])
+                            self._pieces_need = head[0]
+                            buffer.clear()
+                            return
                         break
                     yield Frame(buffer.take(head[0], skip=8))
             event = self.next_event()
