@@ -150,6 +150,14 @@ async def test_full_queue_fails_at_once_and_queued_calls_survive(host: WorkerHos
 @pytest_twisted.ensureDeferred
 async def test_pool_grows_to_its_limit_under_load_and_shrinks_when_idle(host: WorkerHost) -> None:
     pool = host.pools["grow"]
+    peak = []
+    spawn = pool._spawn
+
+    def counting_spawn() -> None:
+        spawn()
+        peak.append(pool._live())
+
+    pool._spawn = counting_spawn  # type: ignore[method-assign]
     service = await connect("grow", host.locator_address)
     try:
         channels = []
@@ -162,8 +170,10 @@ async def test_pool_grows_to_its_limit_under_load_and_shrinks_when_idle(host: Wo
         pids = {int(await channel.rx.read_all()) for channel in channels}
     finally:
         service.close()
-    assert len(pids) == 3
-    assert pool.counters["spawned"] == 3  # never beyond pool-limit
+        del pool._spawn
+    # never beyond pool-limit at once (under load a worker may idle out and be replaced)
+    assert max(peak) == 3
+    assert len(pids) >= 3
     await wait_until(lambda: not pool.workers, 5, "idle workers terminated")
     assert all(not _pid_alive(pid) for pid in pids)
 

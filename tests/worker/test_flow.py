@@ -24,8 +24,9 @@ from txloom.worker import errors
 from txloom.worker.client import connect
 from txloom.worker.host import WorkerHost
 
-#: The app's backlog-limit: small, so that a stalled caller is failed quickly.
-LIMIT = 1024 * 1024
+#: The app's backlog-limit: small, so that a stalled caller is failed quickly, with room for
+#: a reading caller that a loaded machine schedules late.
+LIMIT = 4 * 1024 * 1024
 CHUNK = 64 * 1024
 #: What the stalled callers ask for; the worker would stream all of it if not stopped.
 HUGE = 200 * 1024 * 1024
