@@ -368,6 +368,12 @@ class IMeshTransport(IRunnable):
     belongs_to = Attribute("This node's group; '*' matches every group.")
     path = Attribute("The path peers dial, e.g. '/meta/message'.")
     listening_port = Attribute("The bound port once started (None when not listening).")
+    withdrawn = Attribute("True once this node withdrew from the mesh.")
+    peers = Attribute(
+        "The connected peers now: a list of objects with node_uuid, direction ('inbound' or "
+        "'outbound'), address, belongs_to and withdrawn (for status replies and logs)."
+    )
+    stats = Attribute("Counters, with ``as_dict()`` giving a dict of name to int.")
 
     def dial(url, node_uuid=None):  # type: ignore[misc]
         """Keep the node at ``url`` connected, redialling with backoff when it drops.
@@ -426,3 +432,92 @@ class IBridgeTransport(IRunnable):
     """
 
     message_types = Attribute("The message types bridged, in both directions.")
+
+    def describe():  # type: ignore[misc]
+        """A JSON-able dict of the bridge's state and counters, for status replies."""
+
+
+class IMeshHub(Interface):
+    """What one mesh connection reports to: the mesh that owns it (``WebSocketMesh``).
+
+    A connection only feeds frames to its sans-I/O session and hands the events to its
+    hub, which makes every decision (accept, refuse, which of two links to keep, relay);
+    the hub answers by calling the connection's public methods (``send_reply``,
+    ``send_payload``, ``close``). A dialer (which keeps one peer URL connected) asks the
+    hub for the factory of its next attempt and parks with it. All calls happen on the
+    reactor thread.
+    """
+
+    node_uuid = Attribute("This node's uuid (sent in handshakes).")
+    belongs_to = Attribute("This node's group.")
+    path = Attribute("The HTTP path the mesh is served on.")
+    token = Attribute("The shared token peers must present, or None.")
+    withdrawn = Attribute("True once this node withdrew (new connections are refused).")
+    reactor = Attribute("The reactor (or clock) for the connection's deadlines.")
+    handshake_timeout = Attribute("Seconds a connection has to complete the Grav handshake.")
+    peer_backlog_limit = Attribute("Bytes a connection may queue for a slow peer.")
+    max_message_size = Attribute("Largest WebSocket message taken from a peer, in bytes.")
+    close_timeout = Attribute("Seconds to wait for a peer's close frame.")
+    keepalive = Attribute("Seconds between pings on an idle connection (0: none).")
+
+    def connection_made(conn):  # type: ignore[misc]
+        """A new connection (either direction), before any frame."""
+
+    def handshake_from(conn, handshake):  # type: ignore[misc]
+        """A dialling peer's ``Handshake``: the hub accepts or refuses (and closes)."""
+
+    def reply_from(conn, reply):  # type: ignore[misc]
+        """The ``HandshakeReply`` of the node ``conn`` dialled."""
+
+    def message_from(conn, fields):  # type: ignore[misc]
+        """A message (``MessageFields``) from the peer of an open connection."""
+
+    def foreign_from(conn, data):  # type: ignore[misc]
+        """A frame that is not a message (it becomes a ``websocket.message``)."""
+
+    def peer_withdrew(conn):  # type: ignore[misc]
+        """The peer said WITHDRAW (the connection already answered WITHDRAW ACK)."""
+
+    def dropped_for(conn):  # type: ignore[misc]
+        """A message for a slow peer was dropped (its backlog was full)."""
+
+    def connection_lost(conn, reason):  # type: ignore[misc]
+        """The connection ended (``reason`` is one line for the log)."""
+
+    def client_factory(dialer):  # type: ignore[misc]
+        """The protocol factory a dialer's next connection attempt uses."""
+
+    def park(node_uuid, dialer):  # type: ignore[misc]
+        """``dialer``'s node is linked through another connection: unpark it (or tell it
+        the peer withdrew) when that connection ends."""
+
+
+class IMeshTransportFactory(IExtensionFactory):
+    """Builds a mesh transport for a bus node (found as a Twisted plugin).
+
+    txloom ships ``websocket`` (the Grav-compatible WebSocket mesh).
+    """
+
+    def transport(bus, config, options, reactor):  # type: ignore[misc]
+        """An ``IMeshTransport`` on ``bus`` (it connects its own pod), configured by the
+        node's ``BusNodeConfig`` and the factory's parsed ``options`` (or None)."""
+
+
+class IDiscoveryFactory(IExtensionFactory):
+    """Builds a discovery for a bus node: ``--discovery NAME`` (repeatable) chooses it and
+    ``--discovery-option key=value`` words after it configure it.
+
+    txloom ships ``static`` (the ``--peer`` list) and ``local`` (Grav's LAN multicast); the
+    example distribution txloom-extras adds ``file`` (peers listed in a file).
+    """
+
+    def discovery(config, options, reactor):  # type: ignore[misc]
+        """An ``IDiscovery`` configured by the node's ``BusNodeConfig`` and ``options``."""
+
+
+class IBridgeFactory(IExtensionFactory):
+    """Builds a bridge for a bus node: ``--bridge NAME`` (repeatable) chooses it and
+    ``--bridge-option key=value`` words after it configure it. txloom ships ``nats``."""
+
+    def bridge(bus, config, options, reactor):  # type: ignore[misc]
+        """An ``IBridgeTransport`` on ``bus``, configured by ``config`` and ``options``."""

@@ -24,13 +24,15 @@ class SendWindow:
     paused, frames wait here in order (so the transport buffers at most about one buffer
     size); past ``limit`` waiting bytes ``offer`` refuses new frames and the owner decides
     (the mesh drops and counts them, reverse RPC closes the peer), so that a slow peer
-    costs bounded memory and never holds up the others.
+    costs bounded memory and never holds up the others. ``resumed`` (optional) is called
+    once everything queued went out and sending may go on.
     """
 
-    __slots__ = ("_send", "limit", "paused", "queue", "queued_bytes")
+    __slots__ = ("_resumed", "_send", "limit", "paused", "queue", "queued_bytes")
 
-    def __init__(self, send: Any, limit: int) -> None:
+    def __init__(self, send: Any, limit: int, resumed: Any = None) -> None:
         self._send = send
+        self._resumed = resumed
         self.limit = limit
         self.paused = False
         self.queue: deque[bytes] = deque()
@@ -57,6 +59,8 @@ class SendWindow:
             payload = queue.popleft()
             self.queued_bytes -= len(payload)
             self._send(payload)
+        if not self.paused and self._resumed is not None:
+            self._resumed()
 
     def stopProducing(self) -> None:
         self.paused = True

@@ -47,8 +47,8 @@ def test_repeatable_options_and_token_file(tmp_path: Path) -> None:
         "-p", "wss://node.example:8443/mesh",
         "--token-file", str(token),
         "--nats", "nats://127.0.0.1:4222",
-        "--bridge", "orders.created",
-        "--bridge", "orders.paid",
+        "--bridge-type", "orders.created",
+        "--bridge-type", "orders.paid",
         "--relay",
         "--hop-limit", "3",
     ).config()  # fmt: skip
@@ -63,13 +63,25 @@ def test_repeatable_options_and_token_file(tmp_path: Path) -> None:
     ("args", "complaint"),
     [
         (["--peer", "http://x/"], "ws:// or wss://"),
-        (["--discovery", "everywhere"], "--discovery"),
+        (["--peer", "not-a-url"], "ws://HOST:PORT"),
+        (["--peer", "127.0.0.1"], "ws://HOST:PORT"),
+        (["--peer", "ws://"], "names no host"),
+        (["--keepalive", "-1"], "--keepalive"),
+        (["--replay-size", "-1"], "--replay-size"),
+        (["--discovery", "everywhere"], "--discovery everywhere: not installed; choose one of"),
+        (["--discovery-option", "x=1"], "comes after the --discovery"),
+        (["--discovery", "local", "--discovery-option", "interval=-1"], "interval must be"),
+        (["--discovery", "local", "--discovery", "local"], "given twice"),
+        (["--bridge", "orders.created"], "--bridge orders.created: not installed"),
+        (["--bridge", "nats"], "--bridge nats needs --nats URL"),
+        (["--bridge", "nats", "--bridge-option", "url=nats://x:1"], "at least one --bridge-type"),
+        (["--transport", "carrier-pigeon"], "--transport carrier-pigeon: not installed"),
         (["--slow-pod-policy", "panic"], "--slow-pod-policy"),
-        (["--bridge", "a.b"], "--bridge needs --nats"),
-        (["--nats", "nats://127.0.0.1:4222"], "at least one --bridge"),
-        (["--nats", "nats://x:1", "--bridge", "bad type"], "valid NATS subject"),
-        (["--nats", "nats://x:1", "--bridge", "a..b"], "valid NATS subject"),
-        (["--nats", "http://x", "--bridge", "a"], "--nats must look like"),
+        (["--bridge-type", "a.b"], "--bridge-type needs --nats"),
+        (["--nats", "nats://127.0.0.1:4222"], "at least one --bridge-type"),
+        (["--nats", "nats://x:1", "--bridge-type", "bad type"], "valid NATS subject"),
+        (["--nats", "nats://x:1", "--bridge-type", "a..b"], "valid NATS subject"),
+        (["--nats", "http://x", "--bridge-type", "a"], "--nats must look like"),
         (["--listen", "nonsense:1:2:3"], "--listen"),
         (["--token-file", "/nonexistent/token"], "--token-file"),
         (["--hop-limit", "0"], "--hop-limit"),
@@ -100,7 +112,16 @@ def test_twistd_help_and_bad_options(tmp_path: Path) -> None:
             assert option in helped.output
     with twistd("busnode", "--discovery", "everywhere", cwd=tmp_path) as bad:
         assert bad.wait() != 0
-        assert bad.lines[-1].endswith("--discovery must be 'none' or 'local'")
+        assert "--discovery everywhere: not installed; choose one of: " in bad.lines[-1]
+        assert "local" in bad.lines[-1]
+    for args, complaint in [
+        (["--peer", "127.0.0.1"], "is not a peer URL: write ws://HOST:PORT/PATH (or wss://...)"),
+        (["--keepalive", "-1"], "--keepalive must be 0 (no pings) or a positive number"),
+    ]:
+        with twistd("busnode", *args, cwd=tmp_path) as bad:
+            assert bad.wait() != 0
+            assert bad.lines[-1].endswith(complaint), bad.output
+            assert "Traceback" not in bad.output
 
 
 @pytest.mark.slow
@@ -120,10 +141,21 @@ def test_port_in_use_fails_with_one_readable_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_sigterm_withdraws_and_exits_zero(tmp_path: Path) -> None:
-    port = free_port()
-    with twistd("busnode", f"--listen=tcp:{port}:interface=127.0.0.1", cwd=tmp_path) as node:
+    """With a --peer that was never reached, SIGTERM is still clean (no unhandled
+    CancelledError at critical level)."""
+    port, unreachable = free_port(), free_port()
+    with twistd(
+        "busnode",
+        f"--listen=tcp:{port}:interface=127.0.0.1",
+        f"--peer=ws://127.0.0.1:{unreachable}/meta/message",
+        "--reconnect-initial=0.05",
+        cwd=tmp_path,
+    ) as node:
         node.wait_for(rf"listening on tcp:127\.0\.0\.1:{port}")
         node.wait_for(r"bus node \S+ ready")
+        node.wait_for(r"cannot connect to peer .* attempt 2")
         assert node.terminate() == 0
         assert "bus node stopping" in node.output
         assert "Traceback" not in node.output
+        assert "Unhandled error" not in node.output
+        assert "critical" not in node.output

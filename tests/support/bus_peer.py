@@ -39,13 +39,35 @@ class RawGravPeer:
         headers: dict[str, str] | None = None,
         timeout: float = 5.0,
         upgrade: bool = True,
+        sock: socket.socket | None = None,
     ) -> None:
-        self.sock = socket.create_connection((host, port), timeout)
+        #: A peer made from an accepted socket plays the listening side (unmasked frames).
+        self.server = sock is not None
+        self.sock = sock if sock is not None else socket.create_connection((host, port), timeout)
         self.sock.settimeout(timeout)
         self._buf = b""
         self.status: int | None = None
-        if upgrade:
+        #: The request headers the dialling node sent (listening side only).
+        self.request_headers: dict[str, str] = {}
+        if upgrade and not self.server:
             self.upgrade(host, port, path, headers or {})
+
+    def answer_upgrade(self) -> str:
+        """Listening side: read the node's HTTP upgrade and switch protocols; the path."""
+        head = self._read_until(b"\r\n\r\n").decode("latin-1")
+        request_line, *lines = head.split("\r\n")
+        for line in lines:
+            k, _, v = line.partition(":")
+            self.request_headers[k.strip().lower()] = v.strip()
+        key = self.request_headers["sec-websocket-key"].encode()
+        accept = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
+        self.sock.sendall(
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            ).encode()
+        )
+        return request_line.split()[1]
 
     # -- HTTP upgrade ------------------------------------------------------------------------
 
@@ -77,17 +99,23 @@ class RawGravPeer:
     # -- frames ------------------------------------------------------------------------------
 
     def send_frame(self, payload: bytes, opcode: int = BINARY, fin: bool = True) -> None:
-        mask = os.urandom(4)
+        self.sock.sendall(self.frame(payload, opcode, fin))
+
+    def frame(self, payload: bytes, opcode: int = BINARY, fin: bool = True) -> bytes:
+        """One frame's bytes: masked from a dialling peer, unmasked from a listening one."""
+        bit = 0 if self.server else 0x80
         head = bytes([(0x80 if fin else 0) | opcode])
         n = len(payload)
         if n < 126:
-            head += bytes([0x80 | n])
+            head += bytes([bit | n])
         elif n < 65536:
-            head += bytes([0x80 | 126]) + struct.pack(">H", n)
+            head += bytes([bit | 126]) + struct.pack(">H", n)
         else:
-            head += bytes([0x80 | 127]) + struct.pack(">Q", n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(head + mask + masked)
+            head += bytes([bit | 127]) + struct.pack(">Q", n)
+        if self.server:
+            return head + payload
+        mask = os.urandom(4)
+        return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -136,6 +164,16 @@ class RawGravPeer:
         assert opcode == BINARY, (opcode, payload)
         return payload
 
+    def accept_handshake(self, uuid: str, belongs_to: str = "*") -> dict:
+        """Listening side: read the node's handshake and accept it as a Grav node does."""
+        opcode, payload = self.recv_frame()
+        assert opcode == BINARY, (opcode, payload)
+        self.send_frame(
+            b'{"accept":true,"uuid":"' + uuid.encode() + b'","belongsTo":"'
+            + belongs_to.encode() + b'","interests":[]}'
+        )  # fmt: skip
+        return json.loads(payload)
+
     def wait_closed(self) -> int | None:
         """Read until the node closes; return its close code (None if it just hung up)."""
         try:
@@ -173,6 +211,29 @@ class RawGravPeer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RawGravListener:
+    """A listening socket that hands out accepted connections as listening-side peers."""
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(timeout)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}/meta/message"
+
+    def accept(self, timeout: float = 5.0) -> RawGravPeer:
+        """The next connection, upgraded (raises ``TimeoutError`` if none comes)."""
+        conn, _ = self.sock.accept()
+        peer = RawGravPeer(0, sock=conn, timeout=timeout)
+        peer.answer_upgrade()
+        return peer
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 def message_json(

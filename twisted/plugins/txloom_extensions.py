@@ -32,3 +32,15 @@ streams_locator = LocatorResolverFactory()
 streams_facts = FactsServiceFactory()
 
 # Bus node: IDiscoveryFactory, IMeshTransportFactory, IBridgeFactory
+
+from txloom.bus.factories import (  # noqa: E402 (one section per capability)
+    LocalDiscoveryFactory,
+    NatsBridgeFactory,
+    StaticPeersFactory,
+    WebSocketMeshFactory,
+)
+
+bus_mesh_websocket = WebSocketMeshFactory()
+bus_discovery_static = StaticPeersFactory()
+bus_discovery_local = LocalDiscoveryFactory()
+bus_bridge_nats = NatsBridgeFactory()

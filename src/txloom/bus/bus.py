@@ -179,7 +179,15 @@ class Bus:
     # Dispatch
     # =========================================================================================
 
-    def _post(self, msg: Message, sender: object) -> None:
+    def post(self, msg: Message, sender: Pod) -> None:
+        """Deliver ``msg`` to every pod but ``sender``, on the next reactor turn.
+
+        This is how transports and bridges hand the bus a message that came from elsewhere
+        (a peer, a broker): they post through their own pod, so the bus never hands the
+        message back to them. Unlike ``Pod.send`` it makes no receipt (nobody here waits for
+        a reply) and does not check that the pod is still connected. Messages posted in one
+        turn are delivered in posting order, as sent ones are.
+        """
         self._pending_msgs.append(msg)
         self._pending_from.append(sender)
         if self._flush_call is None:

@@ -51,10 +51,15 @@ class Message:
 
     ``timestamp_ns`` is nanoseconds since the Unix epoch (UTC) and ``utc_offset`` the zone
     offset in minutes the time is shown at (0 for messages made here).
+
+    ``data`` is always bytes; ``data_null`` says it is Go's nil rather than an empty slice
+    (the wire writes ``null`` instead of ``""``): true when a message is made without data
+    or arrives with ``"data":null``.
     """
 
     __slots__ = (
         "data",
+        "data_null",
         "msg_type",
         "parent_id",
         "response_to",
@@ -66,7 +71,7 @@ class Message:
     def __init__(
         self,
         msg_type: str = DEFAULT_MSG_TYPE,
-        data: bytes | str | None = b"",
+        data: bytes | str | None = None,
         *,
         uuid: str | None = None,
         parent_id: str = "",
@@ -81,24 +86,25 @@ class Message:
         self.timestamp_ns = timestamp_ns if timestamp_ns is not None else _time_ns()
         self.utc_offset = utc_offset
         self.data = data if type(data) is bytes else _as_bytes(data)
+        self.data_null = data is None
 
     # -- constructors named as Grav names them ------------------------------------------------
 
     @classmethod
-    def new(cls, msg_type: str = DEFAULT_MSG_TYPE, data: bytes | str | None = b"") -> Message:
+    def new(cls, msg_type: str = DEFAULT_MSG_TYPE, data: bytes | str | None = None) -> Message:
         """A fresh message (Grav's ``NewMsg``)."""
         return cls(msg_type, data)
 
     @classmethod
     def new_with_parent_id(
-        cls, msg_type: str, parent_id: str, data: bytes | str | None = b""
+        cls, msg_type: str, parent_id: str, data: bytes | str | None = None
     ) -> Message:
         """A fresh message tied to a parent event, e.g. an HTTP request id."""
         return cls(msg_type, data, parent_id=parent_id)
 
     @classmethod
     def new_reply_to(
-        cls, msg_type: str, response_to: str, data: bytes | str | None = b""
+        cls, msg_type: str, response_to: str, data: bytes | str | None = None
     ) -> Message:
         """A fresh message answering the message whose uuid is ``response_to``."""
         return cls(msg_type, data, response_to=response_to)
@@ -115,6 +121,7 @@ class Message:
             msg.utc_offset,
             msg.data,
             _,
+            msg.data_null,
         ) = fields
         return msg
 

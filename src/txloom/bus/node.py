@@ -1,7 +1,10 @@
 """A whole bus node as a Twisted service: bus, mesh, discovery, bridge and the operator pods.
 
-``BusNodeService`` is what ``twistd busnode`` runs and what the all-in-one node embeds. It
-binds its port in ``privilegedStartService`` (so a low port works before privileges are
+``BusNodeService`` is what ``twistd busnode`` runs and what the all-in-one node embeds. Its
+extensions are handed in (``bus=``, ``transports=``, ``discoveries=``, ``bridges=``) or,
+when not, built from its config by name through the factories installed as Twisted plugins
+(``IMeshTransportFactory``, ``IDiscoveryFactory``, ``IBridgeFactory``). It binds its port
+in ``privilegedStartService`` (so a low port works before privileges are
 dropped, and so that a port that cannot be bound stops the start with one readable line),
 starts discovery and the bridge in ``startService``, and on ``stopService`` withdraws from
 the mesh and stops everything through ``Bus.stop``.
@@ -9,24 +12,29 @@ the mesh and stops everything through ``Bus.stop``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python import usage
 from twisted.python.failure import Failure
 
 from txloom import __version__
 from txloom.bus.buffer import DEFAULT_REPLAY_SIZE
 from txloom.bus.bus import DEFAULT_POD_QUEUE_LIMIT, Bus, SlowPodPolicy
-from txloom.bus.discovery.static import StaticPeers
 from txloom.bus.mesh import mesh as mesh_defaults
-from txloom.bus.mesh.mesh import WebSocketMesh
 from txloom.bus.mesh.urls import DEFAULT_PATH
 from txloom.bus.status import MessageLog, StatusResponder
+from txloom.extensions import choose, parse_options
+from txloom.interfaces import IBridgeFactory, IDiscoveryFactory, IMeshTransportFactory
 from txloom.shutdown import stop_and_exit
 from txloom.wire.grav import Announcement
+
+#: An extension chosen by name, with the ``key=value`` words that configure it.
+Choice = tuple[str, list[str]]
 
 __all__ = ["BusNodeConfig", "BusNodeService", "NodeStartError"]
 
@@ -45,7 +53,8 @@ class BusNodeConfig:
     belongs_to: str = "*"
     token: str | None = None
     peers: list[str] = field(default_factory=list)
-    discovery: str = "none"  # or "local"
+    #: Discoveries by factory name (``local``, ``file``, ...); ``--peer`` adds ``static``.
+    discoveries: list[Choice] = field(default_factory=list)
     discovery_interval: float = 10.0
     discovery_group: str = "239.255.255.250"
     discovery_port: int = 9999
@@ -68,6 +77,29 @@ class BusNodeConfig:
     nats_prefix: str = ""
     log_messages: bool = False
     status: bool = True
+    #: The mesh transport's factory name, and bridges by factory name (``--nats`` adds
+    #: ``nats``).
+    transport: Choice = ("websocket", [])
+    bridges: list[Choice] = field(default_factory=list)
+
+    @property
+    def discovery(self) -> str:
+        """The discoveries chosen, for logs (``none`` when only static peers)."""
+        return ", ".join(name for name, _ in self.discoveries) or "none"
+
+    def discovery_choices(self) -> list[Choice]:
+        """Every discovery to build: the chosen ones, plus ``static`` for ``--peer``."""
+        chosen = list(self.discoveries)
+        if self.peers and all(name != "static" for name, _ in chosen):
+            chosen.insert(0, ("static", []))
+        return chosen
+
+    def bridge_choices(self) -> list[Choice]:
+        """Every bridge to build: the chosen ones, plus ``nats`` for ``--nats``."""
+        chosen = list(self.bridges)
+        if self.nats_url and all(name != "nats" for name, _ in chosen):
+            chosen.append(("nats", []))
+        return chosen
 
 
 class BusNodeService(MultiService):
@@ -76,9 +108,23 @@ class BusNodeService(MultiService):
     log = Logger()
 
     def __init__(
-        self, config: BusNodeConfig, reactor: Any = None, *, exit_on_failure: bool = False
+        self,
+        config: BusNodeConfig,
+        reactor: Any = None,
+        *,
+        exit_on_failure: bool = False,
+        bus: Bus | None = None,
+        transports: Sequence[Any] | None = None,
+        discoveries: Sequence[Any] | None = None,
+        bridges: Sequence[Any] | None = None,
     ) -> None:
+        """``transports`` (``IMeshTransport``; the first one is the node's mesh) and
+        ``bridges`` (``IBridgeTransport``) are built on ``bus``, which must then be given;
+        ``discoveries`` (``IDiscovery``) report to the mesh. Whatever is not given is built
+        from ``config`` by factory name when the service starts."""
         super().__init__()
+        if bus is None and (transports is not None or bridges is not None):
+            raise ValueError("transports and bridges handed in need the bus they are on (bus=)")
         self.config = config
         #: Under twistd, a failure that stops the node also ends the process with status 1.
         self.exit_on_failure = exit_on_failure
@@ -87,68 +133,57 @@ class BusNodeService(MultiService):
 
             reactor = default_reactor
         self.reactor = reactor
-        self.bus: Bus | None = None
-        self.mesh: WebSocketMesh | None = None
-        self.discoveries: list[Any] = []
-        self.bridge: Any = None
+        self.bus: Bus | None = bus
+        self.transports: list[Any] | None = list(transports) if transports is not None else None
+        self.discoveries: list[Any] | None = list(discoveries) if discoveries is not None else None
+        self.bridges: list[Any] | None = list(bridges) if bridges is not None else None
         self._listening: Deferred[None] | None = None
+
+    @property
+    def mesh(self) -> Any:
+        """The node's mesh transport (the first transport), once built."""
+        return self.transports[0] if self.transports else None
+
+    @property
+    def bridge(self) -> Any:
+        """The first bridge, if any (the status reply's ``bridge``)."""
+        return self.bridges[0] if self.bridges else None
 
     # -- building ----------------------------------------------------------------------------
 
     def _build(self) -> None:
         c = self.config
-        self.bus = Bus(
-            reactor=self.reactor,
-            replay_size=c.replay_size,
-            pod_queue_limit=c.pod_queue_limit,
-            slow_pod_policy=c.slow_pod_policy,
-        )
-        self.mesh = WebSocketMesh(
-            self.bus,
-            listen=c.listen,
-            path=c.path,
-            node_uuid=c.node_uuid,
-            belongs_to=c.belongs_to,
-            token=c.token,
-            relay=c.relay,
-            hop_limit=c.hop_limit,
-            handshake_timeout=c.handshake_timeout,
-            keepalive=c.keepalive,
-            max_message_size=c.max_message_size,
-            peer_backlog_limit=c.peer_backlog_limit,
-            reconnect_initial=c.reconnect_initial,
-            reconnect_max=c.reconnect_max,
-            withdraw_timeout=c.withdraw_timeout,
-            tls_trust_roots=c.tls_trust,
-        )
-        if c.status:
-            StatusResponder(self.bus, self.describe)
-        if c.log_messages:
-            MessageLog(self.bus)
-        if c.peers:
-            self.discoveries.append(StaticPeers(c.peers))
-        if c.discovery == "local":
-            from txloom.bus.discovery.multicast import LocalMulticastDiscovery  # noqa: PLC0415
-
-            self.discoveries.append(
-                LocalMulticastDiscovery(
-                    group=c.discovery_group,
-                    port=c.discovery_port,
-                    interface=c.discovery_interface,
-                    interval=c.discovery_interval,
-                    reactor=self.reactor,
-                )
-            )
-        if c.nats_url:
-            from txloom.bus.bridge.nats import NatsBridge  # noqa: PLC0415
-
-            self.bridge = NatsBridge(
-                self.bus,
-                c.nats_url,
-                c.bridge_types,
-                subject_prefix=c.nats_prefix,
+        if self.bus is None:
+            self.bus = Bus(
                 reactor=self.reactor,
+                replay_size=c.replay_size,
+                pod_queue_limit=c.pod_queue_limit,
+                slow_pod_policy=c.slow_pod_policy,
             )
+        bus, reactor = self.bus, self.reactor
+        if self.transports is None:
+            name, words = c.transport
+            factory = choose(IMeshTransportFactory, name, "--transport")
+            options = parse_options(factory, words, "--transport-option")
+            self.transports = [factory.transport(bus, c, options, reactor)]
+        if not self.transports:
+            raise ValueError("a bus node needs a mesh transport")
+        if c.status:
+            StatusResponder(bus, self.describe)
+        if c.log_messages:
+            MessageLog(bus)
+        if self.discoveries is None:
+            self.discoveries = []
+            for name, words in c.discovery_choices():
+                factory = choose(IDiscoveryFactory, name, "--discovery")
+                options = parse_options(factory, words, "--discovery-option")
+                self.discoveries.append(factory.discovery(c, options, reactor))
+        if self.bridges is None:
+            self.bridges = []
+            for name, words in c.bridge_choices():
+                factory = choose(IBridgeFactory, name, "--bridge")
+                options = parse_options(factory, words, "--bridge-option")
+                self.bridges.append(factory.bridge(bus, c, options, reactor))
 
     def describe(self) -> dict[str, Any]:
         """What the status responder answers."""
@@ -167,6 +202,7 @@ class BusNodeService(MultiService):
             "bus": {**self.bus.stats.as_dict(), "paused": self.bus.paused},
             "mesh": self.mesh.stats.as_dict(),
             "bridge": self.bridge.describe() if self.bridge is not None else None,
+            "bridges": [b.describe() for b in self.bridges or ()],
         }
 
     # -- service lifetime --------------------------------------------------------------------
@@ -178,7 +214,10 @@ class BusNodeService(MultiService):
     def _listen(self) -> None:
         if self._listening is not None:
             return
-        self._build()
+        try:
+            self._build()
+        except (usage.UsageError, ValueError) as e:
+            raise NodeStartError(f"busnode: {e}") from None
         assert self.mesh is not None
         d = self.mesh.start()
         self._listening = d
@@ -195,13 +234,15 @@ class BusNodeService(MultiService):
         self._listen()
         super().startService()
         assert self.mesh is not None and self.bus is not None
-        for discovery in self.discoveries:
+        for transport in self.transports or ():
+            self.bus.attach(transport)
+        for discovery in self.discoveries or ():
             self.bus.attach(discovery)
             d = discovery.start(self._announcement(), self.mesh.found)
             d.addErrback(self._discovery_failed, discovery)
-        if self.bridge is not None:
-            self.bus.attach(self.bridge)
-            self.bridge.start().addErrback(self._fatal, "the NATS bridge failed")
+        for bridge in self.bridges or ():
+            self.bus.attach(bridge)
+            bridge.start().addErrback(self._fatal, f"the bridge {type(bridge).__name__} failed")
         self.reactor.callWhenRunning(self._ready)
 
     def _ready(self) -> None:
@@ -215,7 +256,7 @@ class BusNodeService(MultiService):
             peers=len(c.peers),
             discovery=c.discovery,
             relay="on" if c.relay else "off",
-            bridge=f", bridging {len(c.bridge_types)} types to {c.nats_url}" if c.nats_url else "",
+            bridge="".join(f", bridge {type(b).__name__}" for b in self.bridges or ()),
         )
 
     def _announcement(self) -> Announcement:

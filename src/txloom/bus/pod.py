@@ -187,7 +187,7 @@ class Pod:
             raise NoReceipt(f"pod {self.id} is disconnected; message {msg.uuid} was not sent")
         if msg.__class__ is not Message and not isinstance(msg, Message):
             raise TypeError(f"send takes a Message, not {type(msg).__name__}")
-        self._bus._post(msg, self)
+        self._bus.post(msg, self)
         return MsgReceipt(self, msg.uuid)
 
     def reply_to(self, msg: Message, reply: Message) -> MsgReceipt:

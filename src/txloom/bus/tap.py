@@ -2,7 +2,8 @@
 
     twistd -n busnode --listen tcp:8080 --peer ws://10.0.0.2:8080/meta/message
     twistd -n busnode --discovery local --belongs-to teamA --token-file /etc/txloom/mesh.token
-    twistd -n busnode --nats nats://127.0.0.1:4222 --bridge orders.created --bridge orders.paid
+    twistd -n busnode --nats nats://127.0.0.1:4222 --bridge-type orders.created --bridge-type a.b
+    twistd -n busnode --discovery file --discovery-option path=/etc/txloom/peers
 
 Other code (the all-in-one node) builds the same service with
 ``makeService(Options().parse(["--listen", "tcp:8081", "--discovery", "none"]))``.
@@ -24,6 +25,8 @@ from txloom.bus.bus import DEFAULT_POD_QUEUE_LIMIT
 from txloom.bus.mesh import mesh as mesh_defaults
 from txloom.bus.mesh.urls import DEFAULT_PATH, BadPeerURL, PeerURL
 from txloom.bus.node import BusNodeConfig, BusNodeService
+from txloom.extensions import choose, describe, parse_options
+from txloom.interfaces import IBridgeFactory, IDiscoveryFactory, IMeshTransportFactory
 from txloom.shutdown import CleanExitOnSignal
 from txloom.wire.grav import MAX_HOPS
 
@@ -74,11 +77,10 @@ class Options(usage.Options):
             "this node presents it when dialling. Default: no token.",
         ],
         [
-            "discovery",
+            "transport",
             None,
-            "none",
-            "'local' announces this node and finds peers by UDP multicast (Grav-compatible); "
-            "'none' uses only --peer.",
+            "websocket",
+            "The mesh transport, by factory name.",
         ],
         [
             "discovery-interval",
@@ -205,7 +207,39 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["peers"] = []
-        self["bridge"] = []
+        self["bridge"] = []  # message types for the NATS bridge (--bridge-type)
+        self["discoveries"] = []
+        self["bridges"] = []
+        self["transport-options"] = []
+        # --help lists what is installed, from the factories found as Twisted plugins
+        self.docs["discovery"] += " Installed: " + describe(IDiscoveryFactory) + "."
+        self.docs["bridge"] += " Installed: " + describe(IBridgeFactory) + "."
+        self.docs["transport"] += " Installed: " + describe(IMeshTransportFactory) + "."
+
+    def opt_discovery(self, name: str) -> None:
+        """A discovery to run, by name (repeatable); 'none' adds nothing."""
+        if name != "none":
+            self["discoveries"].append((name, []))
+
+    def opt_discovery_option(self, word: str) -> None:
+        """key=value for the --discovery named last (repeatable)."""
+        if not self["discoveries"]:
+            raise usage.UsageError("--discovery-option comes after the --discovery it sets")
+        self["discoveries"][-1][1].append(word)
+
+    def opt_bridge(self, name: str) -> None:
+        """A bridge to run, by name (repeatable; 'nats' needs --nats and --bridge-type)."""
+        self["bridges"].append((name, []))
+
+    def opt_bridge_option(self, word: str) -> None:
+        """key=value for the --bridge named last (repeatable)."""
+        if not self["bridges"]:
+            raise usage.UsageError("--bridge-option comes after the --bridge it sets")
+        self["bridges"][-1][1].append(word)
+
+    def opt_transport_option(self, word: str) -> None:
+        """key=value for the --transport (repeatable)."""
+        self["transport-options"].append(word)
 
     def opt_peer(self, url: str) -> None:
         """A peer to keep connected, ws://HOST:PORT/PATH or wss://... (repeatable)."""
@@ -216,11 +250,11 @@ class Options(usage.Options):
 
     opt_p = opt_peer
 
-    def opt_bridge(self, msg_type: str) -> None:
+    def opt_bridge_type(self, msg_type: str) -> None:
         """A message type to bridge to and from NATS (repeatable; needs --nats)."""
         if not valid_subject(msg_type):
             raise usage.UsageError(
-                f"--bridge {msg_type!r}: a bridged type must be a valid NATS subject "
+                f"--bridge-type {msg_type!r}: a bridged type must be a valid NATS subject "
                 "(no spaces, '*' or '>', no empty tokens)"
             )
         self["bridge"].append(msg_type)
@@ -247,8 +281,7 @@ class Options(usage.Options):
                 uuidlib.UUID(self["uuid"])
             except ValueError:
                 raise usage.UsageError(f"--uuid {self['uuid']!r} is not a uuid") from None
-        if self["discovery"] not in ("none", "local"):
-            raise usage.UsageError("--discovery must be 'none' or 'local'")
+        self._check_extensions()
         group, _, port = self["discovery-address"].rpartition(":")
         if not group or not port.isdigit() or not 0 < int(port) < 65536:
             raise usage.UsageError("--discovery-address must be GROUP:PORT")
@@ -257,6 +290,8 @@ class Options(usage.Options):
             raise usage.UsageError("--slow-pod-policy must be 'pause' or 'drop'")
         if not 1 <= self["hop-limit"] <= MAX_HOPS:
             raise usage.UsageError(f"--hop-limit must be within 1..{MAX_HOPS}")
+        if not self["keepalive"] >= 0:
+            raise usage.UsageError("--keepalive must be 0 (no pings) or a positive number")
         if self["replay-size"] < 0:
             raise usage.UsageError("--replay-size must not be negative")
         self["token"] = None
@@ -268,15 +303,38 @@ class Options(usage.Options):
             if not token:
                 raise usage.UsageError(f"--token-file {self['token-file']} is empty")
             self["token"] = token
-        if self["bridge"] and not self["nats"]:
-            raise usage.UsageError("--bridge needs --nats URL")
+        nats_words = [w for name, words in self["bridges"] if name == "nats" for w in words]
+        nats_on = bool(self["nats"]) or any(name == "nats" for name, _ in self["bridges"])
+        if self["bridge"] and not nats_on:
+            raise usage.UsageError("--bridge-type needs --nats URL")
+        if nats_on and not (self["nats"] or any(w.startswith("url=") for w in nats_words)):
+            raise usage.UsageError("--bridge nats needs --nats URL")
+        if nats_on and not (self["bridge"] or any(w.startswith("type=") for w in nats_words)):
+            raise usage.UsageError("--nats needs at least one --bridge-type TYPE")
         if self["nats"]:
             if not re.fullmatch(r"(nats|tls)://[^\s/]+", self["nats"]):
                 raise usage.UsageError("--nats must look like nats://HOST:PORT")
-            if not self["bridge"]:
-                raise usage.UsageError("--nats needs at least one --bridge TYPE")
             if self["nats-prefix"] and not valid_subject(self["nats-prefix"] + "x"):
                 raise usage.UsageError("--nats-prefix must be subject tokens ending in '.'")
+
+    def _check_extensions(self) -> None:
+        """Every chosen extension is installed and its options parse (one line if not)."""
+        checks = [
+            (
+                IMeshTransportFactory,
+                "--transport",
+                [(self["transport"], self["transport-options"])],
+            ),
+            (IDiscoveryFactory, "--discovery", self["discoveries"]),
+            (IBridgeFactory, "--bridge", self["bridges"]),
+        ]
+        for interface, flag, chosen in checks:
+            names = [name for name, _ in chosen]
+            for name, words in chosen:
+                if names.count(name) > 1:
+                    raise usage.UsageError(f"{flag} {name} is given twice")
+                factory = choose(interface, name, flag)
+                parse_options(factory, words, f"{flag}-option")
 
     def config(self) -> BusNodeConfig:
         return BusNodeConfig(
@@ -286,7 +344,7 @@ class Options(usage.Options):
             belongs_to=self["belongs-to"],
             token=self["token"],
             peers=list(self["peers"]),
-            discovery=self["discovery"],
+            discoveries=[(name, list(words)) for name, words in self["discoveries"]],
             discovery_interval=self["discovery-interval"],
             discovery_group=self["discovery-group"],
             discovery_port=self["discovery-port"],
@@ -309,6 +367,8 @@ class Options(usage.Options):
             nats_prefix=self["nats-prefix"],
             log_messages=self["log-messages"],
             status=not self["no-status"],
+            transport=(self["transport"], list(self["transport-options"])),
+            bridges=[(name, list(words)) for name, words in self["bridges"]],
         )
 
 

@@ -1,7 +1,8 @@
 """The Grav v0.5.x mesh wire: message JSON, node handshakes, withdraw words, discovery datagrams.
 
-Everything a txloom bus node puts on a socket or reads from one lives here, as pure functions
-and one small state machine (``GravSession``) that turns WebSocket frames into events. The
+Everything a txloom bus node puts on a socket or reads from one lives here as pure functions;
+the per-connection state machine that turns WebSocket frames into events is
+``txloom.wire.grav_session.GravSession``. The
 WebSocket framing itself belongs to the transport; a "frame" here is one whole WebSocket
 message payload.
 
@@ -16,12 +17,11 @@ for a zero offset.
 from __future__ import annotations
 
 import binascii
-import enum
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from txloom.wire import gojson
 from txloom.wire.errors import LocalProtocolError, RemoteProtocolError
 from txloom.wire.rfc3339 import (
     ZERO_TIME_NS,
@@ -42,19 +42,12 @@ __all__ = [
     "BadAnnouncement",
     "BadHandshake",
     "BadTimestamp",
-    "ForeignFrame",
     "GravError",
-    "GravSession",
     "Handshake",
     "HandshakeReply",
     "MessageFields",
-    "MessageFrame",
     "MessageLike",
     "NotAMessage",
-    "Role",
-    "SessionState",
-    "Withdraw",
-    "WithdrawAck",
     "decode_announcement",
     "decode_handshake",
     "decode_handshake_reply",
@@ -110,27 +103,7 @@ class BadAnnouncement(GravError):
 # JSON helpers shared by every Grav object
 # =============================================================================================
 
-_encode_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
-_GO_ESCAPES = re.compile("[<>&\u2028\u2029]")
-_GO_ESCAPE_MAP = {
-    "<": "\\u003c",
-    ">": "\\u003e",
-    "&": "\\u0026",
-    "\u2028": "\\u2028",
-    "\u2029": "\\u2029",
-}
-
-
-def _go_escape(match: re.Match[str]) -> str:
-    return _GO_ESCAPE_MAP[match.group()]
-
-
-def _go_str(value: str) -> str:
-    """A JSON string literal as Go's encoding/json writes it (HTML-safe, \\b and \\f short)."""
-    text = _encode_str(value)
-    if _GO_ESCAPES.search(text) is not None:
-        text = _GO_ESCAPES.sub(_go_escape, text)
-    return text
+_go_str = gojson.quote
 
 
 def _refuse_constant(name: str) -> Any:
@@ -156,14 +129,7 @@ def _load_object(data: bytes | bytearray | memoryview | str, error: type[GravErr
     return value
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _clean(value: str) -> str:
-    """Replace lone surrogates (from ``\\ud800``-style escapes) with U+FFFD, as Go does."""
-    if value.isascii():
-        return value
-    return _SURROGATE.sub("\ufffd", value)
+_clean = gojson.valid_text
 
 
 def _opt_str(obj: dict, key: str, error: type[GravError], default: str = "") -> str:
@@ -191,6 +157,8 @@ class MessageFields(NamedTuple):
     utc_offset: int
     data: bytes
     hops: int = 0
+    #: The data is Go's nil slice, written ``null`` (empty data that is not nil is ``""``).
+    data_null: bool = False
 
 
 class MessageLike(Protocol):
@@ -203,14 +171,16 @@ class MessageLike(Protocol):
     timestamp_ns: int
     utc_offset: int
     data: bytes
+    data_null: bool
 
 
 def encode_message(m: MessageLike, hops: int = 0) -> bytes:
     """The message JSON, byte for byte as a Grav node marshals it.
 
-    Empty ``data`` is written as ``null`` (a Go message made without data). A non-zero
-    ``hops`` (only on relayed frames) adds a ``"hops"`` member at the end of ``meta``;
-    Go's decoder ignores members it does not know, so Grav nodes still read the message.
+    Data that is Go's nil (``data_null``) is written ``null``, other empty data ``""``.
+    A non-zero ``hops`` (only on relayed frames) adds a ``"hops"`` member at the end of
+    ``meta``; Go's decoder ignores members it does not know, so Grav nodes still read the
+    message. Strings are escaped as Go escapes them (see ``txloom.wire.gojson``).
     """
     data = m.data
     s = _go_str
@@ -235,72 +205,132 @@ def encode_message(m: MessageLike, hops: int = 0) -> bytes:
     if data:
         payload = '},"payload":{"data":"' + binascii.b2a_base64(data, newline=False).decode()
         text = meta + payload + '"}}'
-    else:
+    elif m.data_null:
         text = meta + '},"payload":{"data":null}}'
+    else:
+        text = meta + '},"payload":{"data":""}}'
+    return text.encode("utf-8")
+
+
+_META_FIELDS = ("uuid", "parent_id", "response_to", "msg_type")
+_GO_META_KEYS = (*_META_FIELDS, "timestamp")
+
+
+def _as_go_wrote_it(top: object) -> MessageFields | None:
+    """The fields of a frame laid out exactly as Go writes one (the common case), read
+    without the general loop; None for any other layout."""
+    if type(top) is not gojson.JSONObject or len(top) != 2:
+        return None
+    (k1, meta), (k2, payload) = top
+    if k1 != "meta" or k2 != "payload" or type(meta) is not gojson.JSONObject:
+        return None
+    if type(payload) is not gojson.JSONObject or len(meta) != 5 or len(payload) != 1:
+        return None
+    (ku, uuid), (kp, parent), (kr, reply), (km, msg_type), (kt, stamp) = meta
+    ((kd, data),) = payload
+    if (ku, kp, kr, km, kt) != _GO_META_KEYS or kd != "data":
+        return None
+    if not (type(uuid) is type(parent) is type(reply) is type(msg_type) is type(stamp) is str):
+        return None  # nulls, escapes, other types: the general path decides
+    if data is not None and type(data) is not str:
+        return None
     try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise LocalProtocolError(f"message field holds a lone surrogate: {e}") from None
+        ns, offset = parse_timestamp(stamp)
+        raw = b"" if data is None else gojson.decode_base64(data)
+    except (BadTimestamp, gojson.GoJSONError):
+        return None
+    return MessageFields(
+        _clean(uuid),
+        _clean(parent),
+        _clean(reply),
+        _clean(msg_type),
+        ns,
+        offset,
+        raw,
+        0,
+        data is None,
+    )
+
+
+# The keys Go itself writes, found with one dict lookup before any case folding.
+_EXACT = {n: n for n in ("meta", "payload", *_META_FIELDS, "timestamp", "hops", "data")}
 
 
 def decode_message(frame: bytes | bytearray | memoryview | str) -> MessageFields:
-    """Parse a message JSON object; raise ``NotAMessage`` for anything else.
+    """Read a frame as a Grav node does (Go's ``json.Unmarshal`` into its message struct);
+    raise ``NotAMessage`` where Go fails, and the frame becomes a ``websocket.message``.
 
-    A message is a JSON object whose ``meta`` is an object with a non-empty string
-    ``uuid``. Other members may be absent (they take Go's zero values: empty strings, the
-    zero time, no data) but must have the right type when present; ``data`` must be null or
-    standard padded base64. Unknown members are ignored, as Go ignores them.
+    So ``{}``, ``null``, a frame with no ``meta`` or an empty uuid are messages with Go's
+    zero values (empty strings, the zero time, nil data); keys match in any case; invalid
+    UTF-8 in a string becomes U+FFFD; ``null`` leaves a field as it was; unknown members
+    are ignored. A value of the wrong type, base64 Go would refuse, or a timestamp Go's
+    ``time.Time`` would refuse fail the whole frame, as in Go. docs/bus.md has the table.
+    txloom's own ``hops`` member, when it is not an integer within 0..``MAX_HOPS``, is
+    taken as ``MAX_HOPS`` (Go ignores the member; such a message is delivered, never
+    relayed).
     """
-    obj = _load_object(frame, NotAMessage)
-    meta = obj.get("meta")
-    if type(meta) is not dict:
-        raise NotAMessage("no 'meta' object")
-    uuid = meta.get("uuid")
-    if type(uuid) is not str or not uuid:
-        raise NotAMessage("'meta' has no uuid string")
-    stamp = meta.get("timestamp")
+    try:
+        top = gojson.loads(frame)
+    except gojson.GoJSONError as e:
+        raise NotAMessage(str(e)) from None
+    fields = _as_go_wrote_it(top)
+    if fields is not None:
+        return fields
+    strings = dict.fromkeys(_META_FIELDS, "")
+    stamp: object = None
+    hops = 0
+    data: bytes | None = None
+    if type(top) is not gojson.JSONObject:
+        if top is not gojson.NULL:
+            raise NotAMessage(f"JSON {type(top).__name__}, not an object")
+        top = ()
+    exact, fold, obj = _EXACT.get, gojson.field_name, gojson.JSONObject
+    for key, value in top:
+        name = exact(key) or fold(key)
+        if name not in ("meta", "payload") or value is None:
+            continue
+        if type(value) is not obj:
+            raise NotAMessage(f"{key!r} is a {type(value).__name__}, not an object")
+        for inner_key, inner in value:
+            field = exact(inner_key) or fold(inner_key)
+            if name == "payload":
+                if field == "data":
+                    try:
+                        data = gojson.decode_bytes_field(inner)
+                    except gojson.GoJSONError as e:
+                        raise NotAMessage(f"'payload.data': {e}") from None
+            elif inner is None:
+                continue  # Go: null leaves the field as it was
+            elif field in strings:
+                if type(inner) is not str and not isinstance(inner, str):
+                    raise NotAMessage(f"{inner_key!r} is a {type(inner).__name__}, not a string")
+                strings[field] = inner
+            elif field == "timestamp":
+                stamp = inner
+            elif field == "hops":
+                hops = inner if type(inner) is int and 0 <= inner <= MAX_HOPS else MAX_HOPS
     if stamp is None:
         ns, offset = ZERO_TIME_NS, 0
+    elif not isinstance(stamp, str):
+        raise NotAMessage(f"timestamp is a {type(stamp).__name__}, not a string")
+    elif type(stamp) is not str:  # an EscapedString: Go parses the raw text, and fails
+        raise NotAMessage(f"timestamp {stamp!r:.80} holds escapes, which Go does not read")
     else:
         try:
             ns, offset = parse_timestamp(stamp)
         except BadTimestamp as e:
             raise NotAMessage(str(e)) from None
-    hops = meta.get("hops", 0)
-    if type(hops) is not int or not 0 <= hops <= MAX_HOPS:
-        raise NotAMessage(f"'hops' must be an integer in 0..{MAX_HOPS}")
-    payload = obj.get("payload")
-    data = b""
-    if payload is not None:
-        if type(payload) is not dict:
-            raise NotAMessage("'payload' is not an object")
-        raw = payload.get("data")
-        if raw is not None:
-            if type(raw) is not str:
-                raise NotAMessage("'payload.data' is not a base64 string")
-            data = _b64decode(raw)
     return MessageFields(
-        _clean(uuid),
-        _opt_str(meta, "parent_id", NotAMessage),
-        _opt_str(meta, "response_to", NotAMessage),
-        _opt_str(meta, "msg_type", NotAMessage),
+        _clean(strings["uuid"]),
+        _clean(strings["parent_id"]),
+        _clean(strings["response_to"]),
+        _clean(strings["msg_type"]),
         ns,
         offset,
-        data,
+        data or b"",
         hops,
+        data is None,
     )
-
-
-_B64_CHARS = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-
-
-def _b64decode(text: str) -> bytes:
-    if len(text) % 4 or _B64_CHARS.fullmatch(text) is None:
-        raise NotAMessage("'payload.data' is not standard padded base64")
-    try:
-        return binascii.a2b_base64(text)
-    except binascii.Error as e:
-        raise NotAMessage(f"'payload.data' is not base64: {e}") from None
 
 
 # =============================================================================================
@@ -401,139 +431,6 @@ def decode_handshake_reply(frame: bytes | bytearray | memoryview | str) -> Hands
 def groups_match(local: str, peer: str) -> bool:
     """Grav's rule: a peer is accepted when its group equals ours or is ``"*"``."""
     return peer in (local, "*")
-
-
-# =============================================================================================
-# The per-connection state machine
-# =============================================================================================
-
-
-class Role(enum.Enum):
-    DIALLER = "dialler"
-    LISTENER = "listener"
-
-
-class SessionState(enum.Enum):
-    AWAITING_HANDSHAKE = "awaiting handshake"  # listener, before the peer said who it is
-    AWAITING_REPLY = "awaiting reply"  # dialler, handshake sent
-    DECIDING = "deciding"  # listener, handshake received, not yet answered
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class MessageFrame:
-    """A message from the peer."""
-
-    fields: MessageFields
-
-
-@dataclass(frozen=True, slots=True)
-class ForeignFrame:
-    """Bytes from the peer that are not a message (they become a ``websocket.message``)."""
-
-    data: bytes
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Withdraw:
-    """The peer leaves the mesh: stop sending to it."""
-
-
-@dataclass(frozen=True, slots=True)
-class WithdrawAck:
-    """The peer saw our withdraw."""
-
-
-Event = Handshake | HandshakeReply | MessageFrame | ForeignFrame | Withdraw | WithdrawAck
-
-
-class GravSession:
-    """One mesh connection's protocol state, in frames and events (no I/O).
-
-    The transport feeds every whole WebSocket message to ``receive_frame`` and writes the
-    bytes the ``send_*`` methods return (binary frames, except the withdraw words, which go
-    out as text frames). A listener gets a ``Handshake`` event first and must answer it with
-    ``accept`` or ``refuse``; a dialler sends ``handshake()`` first and gets a
-    ``HandshakeReply``. Once open, frames become ``MessageFrame``, ``ForeignFrame``,
-    ``Withdraw`` or ``WithdrawAck`` events. Errors before the session is open raise
-    ``BadHandshake``; after that nothing a peer sends is an error (Grav turns unknown frames
-    into ``websocket.message`` messages).
-    """
-
-    def __init__(self, role: Role, node_uuid: str, belongs_to: str = "*") -> None:
-        self.role = role
-        self.node_uuid = node_uuid
-        self.belongs_to = belongs_to
-        #: The peer's handshake (listener) or reply (dialler), once received.
-        self.peer: Handshake | HandshakeReply | None = None
-        self.state = (
-            SessionState.AWAITING_HANDSHAKE
-            if role is Role.LISTENER
-            else SessionState.AWAITING_REPLY
-        )
-        #: The peer said WITHDRAW: nothing more is to be sent to it.
-        self.peer_withdrawn = False
-
-    @property
-    def peer_uuid(self) -> str | None:
-        return self.peer.uuid if self.peer is not None else None
-
-    def handshake(self, interests: tuple[str, ...] = ()) -> bytes:
-        """The dialler's first frame."""
-        if self.role is not Role.DIALLER:
-            raise LocalProtocolError("only the dialling side sends a handshake")
-        return encode_handshake(Handshake(self.node_uuid, self.belongs_to, interests))
-
-    def accept(self, interests: tuple[str, ...] = ()) -> bytes:
-        """The listener's yes; the session is open."""
-        self._expect(SessionState.DECIDING, "accept")
-        self.state = SessionState.OPEN
-        return encode_handshake_reply(
-            HandshakeReply(True, self.node_uuid, self.belongs_to, interests)
-        )
-
-    def refuse(self) -> bytes:
-        """The listener's no; the caller closes the connection after sending it."""
-        self._expect(SessionState.DECIDING, "refuse")
-        self.state = SessionState.CLOSED
-        return encode_handshake_reply(refusal(self.node_uuid))
-
-    def _expect(self, state: SessionState, what: str) -> None:
-        if self.state is not state:
-            raise LocalProtocolError(f"cannot {what} in state {self.state.value}")
-
-    def closed(self) -> None:
-        self.state = SessionState.CLOSED
-
-    def receive_frame(self, payload: bytes, is_binary: bool = True) -> Event | None:
-        """The event one whole WebSocket message makes; ``None`` once closed."""
-        state = self.state
-        if state is SessionState.OPEN:
-            if not is_binary:
-                if payload == WITHDRAW:
-                    self.peer_withdrawn = True
-                    return Withdraw()
-                if payload == WITHDRAW_ACK:
-                    return WithdrawAck()
-            try:
-                return MessageFrame(decode_message(payload))
-            except NotAMessage as e:
-                return ForeignFrame(bytes(payload), str(e))
-        if state is SessionState.AWAITING_HANDSHAKE:
-            hs = decode_handshake(payload)
-            self.peer = hs
-            self.state = SessionState.DECIDING
-            return hs
-        if state is SessionState.AWAITING_REPLY:
-            reply = decode_handshake_reply(payload)
-            self.peer = reply
-            self.state = SessionState.OPEN if reply.accept else SessionState.CLOSED
-            return reply
-        if state is SessionState.DECIDING:
-            raise BadHandshake("peer sent a frame before its handshake was answered")
-        return None
 
 
 # =============================================================================================

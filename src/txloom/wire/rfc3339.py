@@ -25,9 +25,12 @@ class BadTimestamp(RemoteProtocolError):
 #: The zero ``time.Time`` of Go (``0001-01-01T00:00:00Z``), used when a message has no time.
 ZERO_TIME_NS = -62_135_596_800 * _NS
 
+# Go's time.Time reads RFC 3339 with a strict fast path and falls back on time.Parse,
+# which also takes a one-digit hour and a comma before the fraction; both want an upper
+# case "T" and "Z".
 _RFC3339 = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
-    r"(?:\.([0-9]+))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{1,2}):([0-9]{2}):([0-9]{2})"
+    r"(?:[.,]([0-9]+))?(?:(Z)|([+-])([0-9]{2}):([0-9]{2}))"
 )
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
@@ -63,8 +66,10 @@ def parse_timestamp(text: str) -> tuple[int, int]:
     """``(nanoseconds since the Unix epoch, UTC offset in minutes)`` of an RFC 3339 time.
 
     Accepts what Go's ``time.Time`` unmarshals: years 0000-9999, an explicit offset (``Z``
-    or ``±hh:mm``), any number of fraction digits (beyond nanoseconds they are truncated).
-    A leap second (``:60``) is refused, as Go refuses it.
+    or ``±hh:mm``), any number of fraction digits after ``.`` or ``,`` (beyond nanoseconds
+    they are truncated), a one-digit hour; ``T`` and ``Z`` in upper case only. A leap
+    second (``:60``) is refused, as Go refuses it; so is an offset of 24 hours or more
+    (Go's fallback parser takes one, but Go cannot write such a time back).
     """
     match = _RFC3339.fullmatch(text) if type(text) is str else None
     if match is None:

@@ -283,7 +283,7 @@ async def test_twistd_node_bridged_through_nats(nats_server: NatsServer, tmp_pat
         "busnode",
         f"--listen=tcp:{port}:interface=127.0.0.1",
         f"--nats={nats_server.url}",
-        *(f"--bridge={t}" for t in types),
+        *(f"--bridge-type={t}" for t in types),
         "--log-messages",
         cwd=tmp_path,
     ).start()

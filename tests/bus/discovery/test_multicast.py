@@ -35,7 +35,7 @@ def node(udp_port: int) -> BusNodeService:
     return BusNodeService(
         BusNodeConfig(
             listen="tcp:0:interface=127.0.0.1",
-            discovery="local",
+            discoveries=[("local", [])],
             discovery_port=udp_port,
             discovery_interface="127.0.0.1",
             discovery_interval=0.2,

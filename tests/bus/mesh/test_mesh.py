@@ -89,22 +89,28 @@ async def test_two_nodes_exchange_messages_exactly_once() -> None:
         await b.stop()
 
 
+@pytest.mark.parametrize("first_dialler_is_larger", [True, False])
 @pytest_twisted.ensureDeferred
-async def test_mutual_dials_settle_on_one_connection() -> None:
-    a, b = await nodes(2)
+async def test_mutual_dials_keep_the_established_connection(first_dialler_is_larger: bool) -> None:
+    """Whichever uuid is smaller, the second dial is refused and the first link stays."""
+    high, low = "ffffffff-0000-4000-8000-000000000000", "00000000-0000-4000-8000-000000000000"
+    a = await Node(node_uuid=high if first_dialler_is_larger else low).start()
+    b = await Node(node_uuid=low if first_dialler_is_larger else high).start()
     try:
         await within(a.mesh.dial(b.url))
-        await within(b.mesh.dial(a.url))
-        assert len(a.mesh.peers) == len(b.mesh.peers) == 1
-        # both sides keep the connection dialled by the smaller uuid
-        small = min(a, b, key=lambda n: n.uuid)
-        assert next(iter(small.mesh.peers)).direction == "outbound"
+        await within(b.mesh.wait_for_peers(1))
+        link = a.mesh.connection_to(b.uuid)
+        assert await within(b.mesh.dial(a.url)) == a.uuid  # parked on the existing link
+        assert a.mesh.connection_to(b.uuid) is link
+        assert [p.direction for p in a.mesh.peers] == ["outbound"]
+        assert [p.direction for p in b.mesh.peers] == ["inbound"]
         b_in = b.inbox()
         fence = a.bus.connect()
         uuids = [fence.send(Message.new("t")).uuid for _ in range(20)]
         await within(b_in.count(20))
         await settle_turns()
         assert b_in.uuids() == uuids
+        assert a.mesh.connection_to(b.uuid) is link
     finally:
         await a.stop()
         await b.stop()
@@ -445,7 +451,7 @@ async def test_a_peer_that_stops_reading_costs_bounded_memory_and_stalls_no_one(
 
 @pytest_twisted.ensureDeferred
 async def test_discovered_peers_that_vanish_are_forgotten_but_configured_ones_are_not() -> None:
-    from txloom.bus.mesh.dialer import DISCOVERED_GIVE_UP
+    from txloom.bus.mesh.dialer import DISCOVERED_GIVE_UP, DialerState
 
     node = await Node(reconnect_initial=0.001, reconnect_max=0.002).start()
     try:
@@ -455,13 +461,14 @@ async def test_discovered_peers_that_vanish_are_forgotten_but_configured_ones_ar
         also_gone = f"ws://127.0.0.1:{free_port()}/meta/message"
         node.mesh.found(gone, "11111111-0000-4000-8000-000000000000")
         node.mesh.dial(also_gone)
-        discovered = node.mesh._dialers[gone]
-        configured = node.mesh._dialers[also_gone]
-        await until(lambda: discovered.state == "stopped", 10, "the discovered dialer to stop")
+        discovered = node.mesh.dialers[gone]
+        configured = node.mesh.dialers[also_gone]
+        stopped = DialerState.STOPPED
+        await until(lambda: discovered.state is stopped, 10, "the discovered dialer to stop")
         assert discovered.failures == DISCOVERED_GIVE_UP
         await until(lambda: configured.failures > DISCOVERED_GIVE_UP, 10, "more attempts")
-        assert configured.state != "stopped"
+        assert configured.state is not DialerState.STOPPED
         node.mesh.found(gone, "11111111-0000-4000-8000-000000000000")  # announced again
-        assert node.mesh._dialers[gone] is not discovered
+        assert node.mesh.dialers[gone] is not discovered
     finally:
         await node.stop()

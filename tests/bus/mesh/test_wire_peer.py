@@ -236,7 +236,7 @@ async def test_withdraw_by_hand() -> None:
         bus.connect().send(Message.new("not.for.you"))
         await until(lambda: mesh.stats.sent == 0 and not bus._pending_msgs, 5)
         await bus.stop()
-        assert await deferToThread(peer.wait_closed) == 1000
+        assert await deferToThread(peer.wait_closed) == 4001  # "node stopping": redial me
     finally:
         await bus.stop()
 
@@ -283,5 +283,80 @@ async def test_oversized_frames_fail_the_connection() -> None:
         code = await within(deferToThread(big), 10)
         assert code in (1009, None)
         assert inbox.messages == []
+    finally:
+        await bus.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreign_frames_are_decided_as_a_grav_node_decides_them() -> None:
+    """The hand-made frames of the Grav comparison, over a real connection: Go reads the
+    first ones as messages (with zero values), the last ones fail and become
+    websocket.message."""
+    bus, mesh, inbox = await start_node()
+    frames = [
+        b"{}",
+        b"null",
+        b'{"payload":{"data":"aGk="}}',
+        b'{"meta":{"uuid":"","msg_type":"empty.uuid"}}',
+        b'{"META":{"UUID":"caps","Msg_Type":"caps.keys"}}',
+        b'{"meta":{"uuid":"utf8","msg_type":"bad\xffutf8"}}',
+        b'{"meta":{"uuid":"hops","msg_type":"hops","hops":1000}}',
+        b'{"meta":{"uuid":"b64","msg_type":"b64"},"payload":{"data":"aG\\nk="}}',
+        b'{"meta":{"uuid":"comma","timestamp":"2026-11-22T01:39:07,5Z"}}',
+        b'{"meta":{"uuid":"lower-t","timestamp":"2026-11-22t01:39:07Z"}}',
+        b'{"meta":{"uuid":"lower-z","timestamp":"2026-11-22T01:39:07z"}}',
+    ]
+
+    def send() -> RawGravPeer:
+        peer = RawGravPeer(mesh.listening_port)
+        peer.handshake("55555555-2222-4333-8444-555555555555")
+        for frame in frames:
+            peer.send_frame(frame)
+        peer.send_frame(message_json(GO_UUID, "fence", b"", GO_TIME))
+        return peer
+
+    try:
+        peer = await deferToThread(send)
+        await within(inbox.has(GO_UUID))
+        got = [(m.uuid, m.msg_type, m.data) for m in inbox.messages[:-1]]
+        assert got[:9] == [
+            ("", "", b""),
+            ("", "", b""),
+            ("", "", b"hi"),
+            ("", "empty.uuid", b""),
+            ("caps", "caps.keys", b""),
+            ("utf8", "bad\ufffdutf8", b""),
+            ("hops", "hops", b""),
+            ("b64", "b64", b"hi"),
+            ("comma", "", b""),
+        ]
+        assert [(t, d) for _, t, d in got[9:]] == [(WEBSOCKET_MSG_TYPE, f) for f in frames[9:]]
+        assert mesh.stats.foreign == 2
+        peer.close()
+    finally:
+        await bus.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_go_out_as_a_go_node_writes_them() -> None:
+    bus, mesh, _ = await start_node()
+
+    def receive() -> bytes:
+        peer = RawGravPeer(mesh.listening_port)
+        peer.handshake("66666666-2222-4333-8444-555555555555")
+        _, payload = peer.recv_frame()
+        peer.close()
+        return payload
+
+    try:
+        got = deferToThread(receive)
+        await within(mesh.wait_for_peers(1))
+        msg = Message("a\b\fb\ud800", b"", uuid=GO_UUID, timestamp_ns=0)
+        bus.connect().send(msg)
+        assert await within(got) == (
+            b'{"meta":{"uuid":"' + GO_UUID.encode() + b'","parent_id":"","response_to":"",'
+            b'"msg_type":"a\\u0008\\u000cb\\ufffd","timestamp":"1970-01-01T00:00:00Z"},'
+            b'"payload":{"data":""}}'
+        )  # no "hops": this node does not relay it, it is its own
     finally:
         await bus.stop()

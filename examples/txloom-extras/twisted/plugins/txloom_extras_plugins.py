@@ -4,3 +4,8 @@ Twisted's plugin loader imports every module in a ``twisted/plugins`` directory 
 ``sys.path`` and collects the module-level objects that provide a plugin interface; the
 factories this distribution offers to txloom are declared here.
 """
+
+# Bus node: a discovery that reads peers from a file (``--discovery file``)
+from txloom_extras.filepeers import FilePeersFactory
+
+file_peers = FilePeersFactory()

@@ -247,7 +247,7 @@ class NatsBridge:
         """Messages NATS delivered, into the bus (one hand-over per batch)."""
         self._inbox_scheduled = False
         inbox = self._inbox
-        post = self.bus._post
+        post = self.bus.post
         pod = self._pod
         types = self.message_types
         while inbox:

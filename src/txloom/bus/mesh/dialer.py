@@ -4,11 +4,14 @@ Grav dials a peer once and forgets it when the connection drops; a dialer here k
 trying with exponential backoff (with jitter, so that a restarted mesh does not redial in
 lockstep) until it is stopped. A dialer whose node is already connected the other way
 round *parks*: it makes no attempts until that connection ends, so two nodes that list
-each other as peers settle on one connection instead of fighting.
+each other as peers settle on one connection instead of fighting. A peer that said WITHDRAW
+left the mesh on purpose: its dialer waits, making no attempts, until discovery announces
+the peer again or the peer dials in.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +26,13 @@ if TYPE_CHECKING:
     from txloom.bus.mesh.mesh import WebSocketMesh
     from txloom.bus.mesh.peer import MeshConnection
 
-__all__ = ["BACKOFF_FACTOR", "CONNECT_TIMEOUT", "DISCOVERED_GIVE_UP", "PeerDialer"]
+__all__ = [
+    "BACKOFF_FACTOR",
+    "CONNECT_TIMEOUT",
+    "DISCOVERED_GIVE_UP",
+    "DialerState",
+    "PeerDialer",
+]
 
 #: Each failed attempt multiplies the delay by this (up to the mesh's ``reconnect_max``).
 BACKOFF_FACTOR = 2.0
@@ -35,6 +44,19 @@ CONNECT_TIMEOUT = 10.0
 #: dialer stops); if it is still there, its next announcement brings it back. Configured
 #: peers are never given up.
 DISCOVERED_GIVE_UP = 8
+
+
+class DialerState(enum.Enum):
+    IDLE = "idle"  # made, not started
+    CONNECTING = "connecting"  # an attempt is under way
+    CONNECTED = "connected"  # its connection is the node's link to the peer
+    WAITING = "waiting"  # the next attempt is scheduled
+    PARKED = "parked"  # the peer is linked through another connection
+    WITHDRAWN = "withdrawn"  # the peer left the mesh; wait for discovery or its dial
+    STOPPED = "stopped"
+
+
+_IDLE_STATES = (DialerState.STOPPED, DialerState.PARKED, DialerState.WITHDRAWN)
 
 
 class PeerDialer:
@@ -49,7 +71,7 @@ class PeerDialer:
         self.expected_uuid = node_uuid
         #: The node at the URL, as last learned from its handshake.
         self.node_uuid = node_uuid
-        self.state = "idle"  # idle, connecting, connected, waiting, parked, stopped
+        self.state = DialerState.IDLE
         self.failures = 0
         self.connection: MeshConnection | None = None
         self._retry: Any = None
@@ -62,11 +84,11 @@ class PeerDialer:
     # -- control -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.state == "idle":
+        if self.state is DialerState.IDLE:
             self._attempt()
 
     def stop(self) -> None:
-        self.state = "stopped"
+        self.state = DialerState.STOPPED
         self._cancel_retry()
         if self._attempt_d is not None:
             self._attempt_d.cancel()
@@ -76,7 +98,7 @@ class PeerDialer:
     def when_connected(self) -> Deferred[str]:
         """Fires with the node uuid the next time this dialer's handshake succeeds."""
         d: Deferred[str] = Deferred()
-        if self.state == "connected" and self.node_uuid is not None:
+        if self.state is DialerState.CONNECTED and self.node_uuid is not None:
             d.callback(self.node_uuid)
         else:
             self._first.append(d)
@@ -86,24 +108,43 @@ class PeerDialer:
         """``node_uuid`` is connected through another connection: wait for it to end."""
         self.node_uuid = node_uuid
         self._cancel_retry()
-        if self.state != "stopped":
-            self.state = "parked"
+        if self.state is not DialerState.STOPPED:
+            self.state = DialerState.PARKED
             self.failures = 0
-            self.mesh._park(node_uuid, self)
+            self.mesh.park(node_uuid, self)
             for d in self._drain_first():
                 d.callback(node_uuid)
 
     def unpark(self) -> None:
         """The other connection ended: dial again soon."""
-        if self.state == "parked":
+        if self.state is DialerState.PARKED:
             self._schedule(self._delay(0))
+
+    def peer_withdrew(self) -> None:
+        """The peer left the mesh: make no attempts until ``revive`` or ``park``."""
+        if self.state is not DialerState.STOPPED:
+            self._cancel_retry()
+            self.state = DialerState.WITHDRAWN
+            self.log.info(
+                "peer {node} at {url} withdrew; not redialling it until it is announced "
+                "again or dials in",
+                node=self.node_uuid,
+                url=str(self.url),
+            )
+
+    def revive(self) -> None:
+        """Discovery announced the withdrawn peer again: dial it now."""
+        if self.state is DialerState.WITHDRAWN:
+            self.failures = 0
+            self.state = DialerState.WAITING
+            self._attempt()
 
     # -- events from the connection ----------------------------------------------------------
 
     def opened(self, conn: MeshConnection, node_uuid: str) -> None:
         self.node_uuid = node_uuid
         self.connection = conn
-        self.state = "connected"
+        self.state = DialerState.CONNECTED
         self.failures = 0
         for d in self._drain_first():
             d.callback(node_uuid)
@@ -111,9 +152,12 @@ class PeerDialer:
     def lost(self, conn: MeshConnection, reason: str) -> None:
         if conn is self.connection:
             self.connection = None
-        if self.state in ("stopped", "parked"):
+        if self.state in _IDLE_STATES:
             return
-        if self.state == "connected":
+        if conn.peer_left_mesh:
+            self.peer_withdrew()
+            return
+        if self.state is DialerState.CONNECTED:
             self.log.info(
                 "lost peer {node} at {url} ({reason}); redialling",
                 node=self.node_uuid,
@@ -128,14 +172,14 @@ class PeerDialer:
 
     def _attempt(self) -> None:
         self._retry = None
-        if self.state in ("stopped", "parked"):
+        if self.state in _IDLE_STATES:
             return
-        self.state = "connecting"
+        self.state = DialerState.CONNECTING
         mesh = self.mesh
         endpoint = clientFromString(
             mesh.reactor, self.url.endpoint(CONNECT_TIMEOUT, mesh.tls_trust_roots)
         )
-        d = endpoint.connect(mesh._client_factory(self))
+        d = endpoint.connect(mesh.client_factory(self))
         self._attempt_d = d
         d.addCallbacks(self._tcp_connected, self._tcp_failed)
 
@@ -145,7 +189,7 @@ class PeerDialer:
 
     def _tcp_failed(self, failure: Failure) -> None:
         self._attempt_d = None
-        if self.state == "stopped":
+        if self.state is DialerState.STOPPED:
             return
         self._failed(failure.getErrorMessage())
 
@@ -183,9 +227,9 @@ class PeerDialer:
 
     def _schedule(self, delay: float) -> None:
         self._cancel_retry()
-        if self.state == "stopped":
+        if self.state is DialerState.STOPPED:
             return
-        self.state = "waiting"
+        self.state = DialerState.WAITING
         self._retry = self.mesh.reactor.callLater(delay, self._attempt)
 
     def _cancel_retry(self) -> None:

@@ -8,9 +8,15 @@ with its hop count raised, so a partial mesh still reaches every node; every nod
 a uuid it has already seen, which makes delivery exactly once per node even when a
 message arrives by two paths.
 
-Connections are unique per node: a second connection from a node already connected is
-refused, and when two nodes dial each other at once both keep the connection dialled by the
-node with the smaller uuid (both sides compute the same answer without talking about it).
+Connections are unique per node, and a connection that completed its handshake is never
+dropped for a newcomer: a second connection from a node already connected is refused (as a
+Grav node refuses it), and a dial answered by a node already connected the other way round
+is closed. The one case that needs a rule is two nodes dialling each other at once, when
+each has accepted the other's dial before its own was answered. A Grav node then keeps the
+connection it accepted and closes its own dial, so txloom keeps its own dial to match; two
+txloom nodes (they recognise each other by a header on the upgrade request) both keep the
+connection dialled by the node with the smaller uuid. Either way both sides keep the same
+connection without talking about it.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txloom.bus.errors import NodeUUIDMismatch
-from txloom.bus.mesh.dialer import PeerDialer
+from txloom.bus.mesh.dialer import DialerState, PeerDialer
 from txloom.bus.mesh.peer import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -38,7 +44,7 @@ from txloom.bus.mesh.urls import DEFAULT_PATH, PeerURL
 from txloom.bus.message import Message, new_uuid
 from txloom.bus.once import Once
 from txloom.bus.seen import DEFAULT_SEEN_CAPACITY, SeenSet
-from txloom.interfaces import IMeshTransport
+from txloom.interfaces import IMeshHub, IMeshTransport
 from txloom.wire.grav import MAX_HOPS, Handshake, HandshakeReply, MessageFields, encode_message
 from txloom.wire.grav import groups_match as _groups_match
 
@@ -106,7 +112,7 @@ class MeshStats:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-@implementer(IMeshTransport, IPushProducer)
+@implementer(IMeshTransport, IMeshHub, IPushProducer)
 class WebSocketMesh:
     """Grav-compatible mesh transport over Autobahn's Twisted WebSocket."""
 
@@ -137,6 +143,8 @@ class WebSocketMesh:
     ) -> None:
         if not path.startswith("/"):
             raise ValueError(f"mesh path {path!r} must start with /")
+        if not keepalive >= 0:
+            raise ValueError("keepalive must be 0 (no pings) or positive")
         if not 1 <= hop_limit <= MAX_HOPS:
             raise ValueError(f"hop limit must be within 1..{MAX_HOPS}")
         self.bus = bus
@@ -172,7 +180,7 @@ class WebSocketMesh:
         self._stop_once = Once(self._stop)
         self._pod = bus.connect()
         self._pod.on(self._from_bus)
-        self._post = bus._post
+        self._post = bus.post
         bus.attach(self, mesh=True)
         bus.register_producer(self)
 
@@ -271,30 +279,52 @@ class WebSocketMesh:
         """
         target = PeerURL.parse(url)
         dialer = self._dialers.get(target.url)
-        if dialer is None or dialer.state == "stopped":
-            dialer = PeerDialer(self, target, node_uuid)
-            self._dialers[target.url] = dialer
-            if not self.withdrawn:
-                dialer.start()
+        dialer = self._dialer_for(PeerURL.parse(url), node_uuid)
         if dialer.node_uuid is not None and dialer.node_uuid in self._peers:
             return succeed(dialer.node_uuid)
         return dialer.when_connected()
 
+    def _dialer_for(self, target: PeerURL, node_uuid: str | None) -> PeerDialer:
+        dialer = self._dialers.get(target.url)
+        if dialer is None or dialer.state is DialerState.STOPPED:
+            dialer = PeerDialer(self, target, node_uuid)
+            self._dialers[target.url] = dialer
+            if not self.withdrawn:
+                dialer.start()
+        return dialer
+
     def found(self, url: str, node_uuid: str | None = None) -> None:
-        """Discovery's callback: dial ``url`` unless it is this node or already connected."""
+        """Discovery's callback: dial ``url`` unless it is this node or already connected.
+
+        A peer that withdrew is dialled again only from here (discovery announced it once
+        more) or when it dials in itself.
+        """
         if self.withdrawn or node_uuid == self.node_uuid:
             return
         if node_uuid is not None and node_uuid in self._peers:
             return
         target = PeerURL.parse(url)
         existing = self._dialers.get(target.url)
-        if existing is not None and existing.state != "stopped":
+        if existing is not None and existing.state is DialerState.WITHDRAWN:
+            self.log.info("peer {node} at {url} announced again", node=node_uuid, url=target.url)
+            existing.revive()
+            return
+        if existing is not None and existing.state is not DialerState.STOPPED:
             return
         self.log.info("discovered peer {node} at {url}", node=node_uuid or "?", url=target.url)
-        self.dial(target.url, node_uuid)
+        self._dialer_for(target, node_uuid)
+
+    @property
+    def dialers(self) -> dict[str, PeerDialer]:
+        """The peer URLs this node keeps connected, and where each one stands."""
+        return dict(self._dialers)
 
     def is_connected(self, node_uuid: str) -> bool:
         return node_uuid in self._peers
+
+    def connection_to(self, node_uuid: str) -> MeshConnection | None:
+        """The connection that links this node to ``node_uuid``, if any."""
+        return self._peers.get(node_uuid)
 
     @property
     def peers(self) -> list[PeerInfo]:
@@ -328,15 +358,15 @@ class WebSocketMesh:
             for _, d in ready:
                 d.callback(None)
 
-    def _connection_made(self, conn: MeshConnection) -> None:
+    def connection_made(self, conn: MeshConnection) -> None:
         self._connections.add(conn)
         if self._reading_paused:
             conn.pause_reading()
 
-    def _client_factory(self, dialer: PeerDialer) -> MeshClientFactory:
+    def client_factory(self, dialer: PeerDialer) -> MeshClientFactory:
         return MeshClientFactory(self, dialer)
 
-    def _park(self, node_uuid: str, dialer: PeerDialer) -> None:
+    def park(self, node_uuid: str, dialer: PeerDialer) -> None:
         parked = self._parked.setdefault(node_uuid, [])
         if dialer not in parked:
             parked.append(dialer)
@@ -345,7 +375,7 @@ class WebSocketMesh:
     # Handshakes (called by connections)
     # =========================================================================================
 
-    def _handshake_from(self, conn: MeshConnection, hs: Handshake) -> None:
+    def handshake_from(self, conn: MeshConnection, hs: Handshake) -> None:
         """A dialling peer said who it is: accept, or refuse and close."""
         reason = None
         if self.withdrawn:
@@ -354,13 +384,8 @@ class WebSocketMesh:
             reason = "it is this node"
         elif not _groups_match(self.belongs_to, hs.belongs_to):
             reason = f"its group {hs.belongs_to!r} does not match ours ({self.belongs_to!r})"
-        else:
-            existing = self._peers.get(hs.uuid)
-            if existing is not None:
-                if existing.direction == "inbound" or self.node_uuid < hs.uuid:
-                    reason = "it is already connected"
-                else:  # both dialled: keep the smaller uuid's dial, which is this one
-                    self._supersede(existing)
+        elif hs.uuid in self._peers:
+            reason = "it is already connected"  # never drop a working link for a newcomer
         if reason is not None:
             duplicate = reason == "it is already connected"
             (self.log.info if duplicate else self.log.warn)(
@@ -375,7 +400,7 @@ class WebSocketMesh:
         conn.send_reply(conn.session.accept())
         self._register(conn, hs.uuid, hs.belongs_to)
 
-    def _reply_from(self, conn: MeshConnection, reply: HandshakeReply) -> None:
+    def reply_from(self, conn: MeshConnection, reply: HandshakeReply) -> None:
         """The node we dialled answered."""
         dialer = conn.dialer
         if not reply.accept:
@@ -409,7 +434,7 @@ class WebSocketMesh:
             return
         existing = self._peers.get(reply.uuid)
         if existing is not None:
-            if existing.direction == "outbound" or reply.uuid < self.node_uuid:
+            if not self._keeps_new_dial(existing, reply.uuid):
                 conn.superseded = True
                 if dialer is not None:
                     dialer.park(reply.uuid)
@@ -419,6 +444,20 @@ class WebSocketMesh:
         self._register(conn, reply.uuid, reply.belongs_to)
         if dialer is not None:
             dialer.opened(conn, reply.uuid)
+
+    def _keeps_new_dial(self, existing: MeshConnection, node_uuid: str) -> bool:
+        """Our dial to ``node_uuid`` was accepted although ``existing`` links us already.
+
+        If ``existing`` is our own earlier dial, the new one is the newcomer. Otherwise the
+        two nodes dialled each other at once and each accepted the other's dial first (see
+        the module doc): against a Grav node keep our dial (it closes its own), between two
+        txloom nodes keep the dial of the smaller uuid.
+        """
+        if existing.direction == "outbound":
+            return False
+        if existing.peer_speaks_txloom:
+            return self.node_uuid < node_uuid
+        return True
 
     def _supersede(self, conn: MeshConnection) -> None:
         """Stop using ``conn`` in favour of a new connection to the same node.
@@ -437,6 +476,10 @@ class WebSocketMesh:
         conn.node_uuid = node_uuid
         self._peers[node_uuid] = conn
         self._retarget()
+        if conn.direction == "inbound":  # a withdrawn peer that dials in is back
+            for dialer in self._dialers.values():
+                if dialer.state is DialerState.WITHDRAWN and dialer.node_uuid == node_uuid:
+                    dialer.park(node_uuid)
         self.log.info(
             "peer {node} joined ({direction}, {address}, group {group}); {count} peers",
             node=node_uuid,
@@ -447,7 +490,7 @@ class WebSocketMesh:
         )
         self._notify()
 
-    def _lost(self, conn: MeshConnection, reason: str) -> None:
+    def connection_lost(self, conn: MeshConnection, reason: str) -> None:
         self._connections.discard(conn)
         node = conn.node_uuid
         if node is not None and self._peers.get(node) is conn:
@@ -460,7 +503,10 @@ class WebSocketMesh:
                 count=len(self._peers),
             )
             for dialer in self._parked.pop(node, []):
-                dialer.unpark()
+                if conn.peer_left_mesh:
+                    dialer.peer_withdrew()
+                else:
+                    dialer.unpark()
         elif node is None and not conn.superseded:
             self.log.info(
                 "{direction} mesh connection {address} closed before joining: {reason}",
@@ -471,7 +517,7 @@ class WebSocketMesh:
         if conn.dialer is not None:
             conn.dialer.lost(conn, reason)
 
-    def _peer_withdrew(self, conn: MeshConnection) -> None:
+    def peer_withdrew(self, conn: MeshConnection) -> None:
         self.log.info("peer {node} withdrew from the mesh", node=conn.node_uuid)
         self._retarget()
 
@@ -497,14 +543,16 @@ class WebSocketMesh:
             conn.send_payload(payload)
         self.stats.sent += 1
 
-    def _message_from(self, conn: MeshConnection, fields: MessageFields) -> None:
-        if not self._seen.add(fields.uuid):
+    def message_from(self, conn: MeshConnection, fields: MessageFields) -> None:
+        # A message with no uuid (Go reads "{}" as one) cannot be told from another: it is
+        # delivered every time and never relayed.
+        if fields.uuid and not self._seen.add(fields.uuid):
             self.stats.duplicates += 1
             return
         self.stats.received += 1
         msg = Message.from_fields(fields)
         self._post(msg, self._pod)
-        if self.relay and fields.hops + 1 < self.hop_limit:
+        if self.relay and fields.uuid and fields.hops + 1 < self.hop_limit:
             others = [c for c in self._targets if c is not conn]
             if others:
                 payload = encode_message(msg, fields.hops + 1)
@@ -512,11 +560,11 @@ class WebSocketMesh:
                     other.send_payload(payload)
                 self.stats.relayed += 1
 
-    def _foreign_from(self, conn: MeshConnection, data: bytes) -> None:
+    def foreign_from(self, conn: MeshConnection, data: bytes) -> None:
         self.stats.foreign += 1
         self._post(Message.foreign(data), self._pod)
 
-    def _dropped_for(self, conn: MeshConnection) -> None:
+    def dropped_for(self, conn: MeshConnection) -> None:
         self.stats.dropped += 1
         n = conn.dropped
         if n & (n - 1) == 0:

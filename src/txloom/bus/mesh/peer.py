@@ -24,14 +24,11 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from txloom.sendwindow import SendWindow
-from txloom.wire.grav import (
-    WITHDRAW,
-    WITHDRAW_ACK,
-    BadHandshake,
+from txloom.wire.errors import RemoteProtocolError
+from txloom.wire.grav import WITHDRAW, WITHDRAW_ACK, Handshake, HandshakeReply
+from txloom.wire.grav_session import (
     ForeignFrame,
     GravSession,
-    Handshake,
-    HandshakeReply,
     MessageFrame,
     Role,
     SessionState,
@@ -48,8 +45,15 @@ __all__ = ["MeshClientFactory", "MeshConnection", "MeshServerFactory"]
 #: WebSocket close codes used by the mesh. Applications may only send 1000 and 3000-4999;
 #: the reason text says more.
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1000
 CLOSE_PROTOCOL_ERROR = 4002
+#: A txloom node closes with this when it stops (after its WITHDRAW): unlike a Grav node
+#: that withdrew and stays up, it is worth redialling, since it refuses nothing once back.
+CLOSE_NODE_STOPPING = 4001
+CLOSE_GOING_AWAY = CLOSE_NODE_STOPPING
+
+#: Header a txloom node adds to its upgrade request, so that the node it dials knows which
+#: rule settles a mutual dial (see ``txloom.bus.mesh.mesh``). Grav nodes ignore it.
+TXLOOM_HEADER = "X-Txloom-Mesh"
 
 
 class MeshConnection:
@@ -64,8 +68,12 @@ class MeshConnection:
 
     def _mesh_init(self, mesh: WebSocketMesh) -> None:
         self.mesh = mesh
-        self.session = GravSession(self.role, mesh.node_uuid, mesh.belongs_to)
-        self.window = SendWindow(self._send_binary, mesh.peer_backlog_limit)
+        self.session = GravSession(
+            self.role, mesh.node_uuid, mesh.belongs_to, max_frame_size=mesh.max_message_size
+        )
+        self.window = SendWindow(self._send_binary, mesh.peer_backlog_limit, self._send_due_pong)
+        #: The latest ping not answered while the peer was not reading (see ``onPing``).
+        self._pong_due: bytes | None = None
         #: The peer's node uuid once registered with the mesh.
         self.node_uuid: str | None = None
         #: Set when the mesh keeps another connection to the same node instead of this one.
@@ -73,9 +81,13 @@ class MeshConnection:
         self.withdraw_acked: Deferred[None] | None = None
         self.closed: Deferred[None] = Deferred()
         self.dropped = 0
+        #: The peer closed because it stops (not merely withdrew): redial it.
+        self.peer_stopped = False
+        #: The dialling side is a txloom node (seen on inbound connections only).
+        self.peer_speaks_txloom = False
         self._deadline: Any = None
         self._noted_foreign = False
-        mesh._connection_made(self)
+        mesh.connection_made(self)
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -90,6 +102,11 @@ class MeshConnection:
     @property
     def direction(self) -> str:
         return "outbound" if self.role is Role.DIALLER else "inbound"
+
+    @property
+    def peer_left_mesh(self) -> bool:
+        """The peer withdrew and stays away: not to be redialled until it shows up again."""
+        return self.session.peer_withdrawn and not self.peer_stopped
 
     @property
     def handshaked(self) -> bool:
@@ -116,9 +133,11 @@ class MeshConnection:
             self.sendMessage(self.session.handshake(), isBinary=True)  # type: ignore[attr-defined]
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self.session
+        session.receive_data(payload, isBinary)
         try:
-            event = self.session.receive_frame(payload, isBinary)
-        except BadHandshake as e:
+            event = session.next_event()
+        except RemoteProtocolError as e:  # before the session is open: a bad handshake
             self._cancel_deadline()
             self.peer_log.warn(
                 "{direction} mesh connection {address}: bad handshake ({error}); closing",
@@ -131,28 +150,48 @@ class MeshConnection:
             return
         kind = type(event)
         if kind is MessageFrame:
-            self.mesh._message_from(self, event.fields)  # type: ignore[union-attr]
+            self.mesh.message_from(self, event.fields)  # type: ignore[union-attr]
         elif kind is ForeignFrame:
             self._foreign(event)  # type: ignore[arg-type]
         elif kind is Handshake:
             self._cancel_deadline()
-            self.mesh._handshake_from(self, event)  # type: ignore[arg-type]
+            self.mesh.handshake_from(self, event)  # type: ignore[arg-type]
         elif kind is HandshakeReply:
             self._cancel_deadline()
-            self.mesh._reply_from(self, event)  # type: ignore[arg-type]
+            self.mesh.reply_from(self, event)  # type: ignore[arg-type]
         elif kind is Withdraw:
             self._send_text(WITHDRAW_ACK)
-            self.mesh._peer_withdrew(self)
+            self.mesh.peer_withdrew(self)
         elif kind is WithdrawAck:
             acked = self.withdraw_acked
             if acked is not None and not acked.called:
                 acked.callback(None)
 
+    def onPing(self, payload: bytes) -> None:
+        """Answer a ping, unless the peer is not reading what we write.
+
+        A peer that sends pings and never reads would otherwise make us buffer a pong per
+        ping without bound. While the socket is full only the latest ping is remembered,
+        and answered once the peer has read the rest (RFC 6455 5.5.3 allows answering only
+        the most recent ping), so a ping flood costs one pong's worth of memory.
+        """
+        if self.window.paused:
+            self._pong_due = payload
+            return
+        super().onPing(payload)  # type: ignore[misc]
+
+    def _send_due_pong(self) -> None:
+        payload, self._pong_due = self._pong_due, None
+        if payload is not None and self.state == self.STATE_OPEN:  # type: ignore[attr-defined]
+            self.sendPong(payload)  # type: ignore[attr-defined]
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._cancel_deadline()
         self.session.closed()
         why = reason or getattr(self, "wasNotCleanReason", None) or f"close code {code}"
-        self.mesh._lost(self, str(why))
+        if getattr(self, "remoteCloseCode", None) == CLOSE_NODE_STOPPING:
+            self.peer_stopped = True
+        self.mesh.connection_lost(self, str(why))
         if self.withdraw_acked is not None and not self.withdraw_acked.called:
             self.withdraw_acked.callback(None)
         if not self.closed.called:
@@ -164,7 +203,7 @@ class MeshConnection:
         """One message frame; dropped (and counted) while the peer is over its backlog."""
         if not self.window.offer(payload):
             self.dropped += 1
-            self.mesh._dropped_for(self)
+            self.mesh.dropped_for(self)
 
     def _send_binary(self, payload: bytes) -> None:
         with suppress(Disconnected):
@@ -213,7 +252,7 @@ class MeshConnection:
                 address=self.address,
                 reason=event.reason,
             )
-        self.mesh._foreign_from(self, event.data)
+        self.mesh.foreign_from(self, event.data)
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -256,6 +295,7 @@ class MeshServerProtocol(MeshConnection, WebSocketServerProtocol):
                 raise ConnectionDeny(401, "a valid mesh token is required")
         if mesh.withdrawn:
             raise ConnectionDeny(503, "this node has withdrawn from the mesh")
+        self.peer_speaks_txloom = TXLOOM_HEADER.lower() in request.headers
 
 
 class MeshClientProtocol(MeshConnection, WebSocketClientProtocol):
@@ -318,7 +358,9 @@ class MeshClientFactory(WebSocketClientFactory):
     noisy = False
 
     def __init__(self, mesh: WebSocketMesh, dialer: PeerDialer) -> None:
-        headers = {"Authorization": f"Bearer {mesh.token}"} if mesh.token else None
+        headers = {TXLOOM_HEADER: "1"}
+        if mesh.token:
+            headers["Authorization"] = f"Bearer {mesh.token}"
         super().__init__(url=dialer.url.url, headers=headers)
         self.mesh = mesh
         self.dialer = dialer

@@ -23,7 +23,11 @@ def escape_endpoint_value(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PeerURL:
-    """A parsed peer address. Grav nodes accept a bare ``host:port`` too (scheme ``ws``)."""
+    """A parsed peer address: ``ws://HOST[:PORT][/PATH]`` or ``wss://...``.
+
+    Without a scheme, only ``HOST:PORT`` is taken (as ``ws``): a bare word or host would
+    otherwise become ``ws://word:80`` and be redialled for ever.
+    """
 
     secure: bool
     host: str
@@ -34,6 +38,11 @@ class PeerURL:
     def parse(cls, text: str) -> PeerURL:
         raw = text.strip()
         if "://" not in raw:
+            host, colon, port_text = raw.rpartition(":")
+            if not colon or not host or not port_text.isdigit() or "/" in host:
+                raise BadPeerURL(
+                    f"{text!r} is not a peer URL: write ws://HOST:PORT/PATH (or wss://...)"
+                )
             raw = "ws://" + raw
         try:
             parts = urlsplit(raw)
