@@ -77,3 +77,35 @@ def test_tap_options(tmp_path) -> None:
         ["--apps", str(tmp_path / "apps"), "--rpc", "tcp:0", "--rpc-token-file", str(token)]
     )
     assert (options["rpc"], options["rpc-token"]) == ("tcp:0", "s3cret")
+
+
+@pytest_twisted.ensureDeferred
+async def test_grpc_agents_join_the_host_with_a_token(tmp_path) -> None:
+    from txloom.extensions import available
+    from txloom.interfaces import IRPCTransportFactory
+
+    with short_tmpdir() as root:
+        controller = build_controller(grpc="tcp:0:interface=127.0.0.1", token="s3cret")
+        host = start_host(root, {}, rpc=controller)
+        agent = None
+        try:
+            grpc = controller.transports[0]
+            await wait_until(lambda: grpc.port is not None)
+            factory = available(IRPCTransportFactory)["grpc"]
+            handlers = load_handlers(["txloom.rpc.examples.echo"])
+            url = f"grpc://127.0.0.1:{grpc.port}"
+            agent = factory.client(url, "g1", Dispatcher(handlers), "s3cret", None)
+            await agent.start()
+            await wait_until(lambda: "g1" in controller.clients, what="the gRPC agent")
+            rpc = await connect("rpc", host.locator_address)
+            try:
+                assert [a[1] for a in await rpc.call("list")] == [b"grpc"]
+                payload = encode_value(Echo("over grpc"))
+                answer = await rpc.call("call", "g1", "txloom.examples.Echo", payload, 5)
+                assert codec_for(Echo).decode(answer) == Echo("over grpc")
+            finally:
+                rpc.close()
+        finally:
+            if agent is not None:
+                await agent.stop()
+            await host.stopService()
