@@ -6,9 +6,11 @@ import os
 
 import pytest
 import pytest_twisted
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 
 from support.streams import SERVICE, client_for, serving
+from support.waiting import until
 from txloom.streams import RequestRefused, Source, StreamServer
 from txloom.wire.errors import RemoteProtocolError
 from txloom.wire.streams import LZ4_MARKER
@@ -146,3 +148,17 @@ async def test_unknown_service_of_a_service_table() -> None:
             await client_for(server).post(SERVICE, b"").collect()
     finally:
         await server.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_is_a_service_in_a_multiservice() -> None:
+    root = MultiService()
+    server = StreamServer(lambda b, t: [Source(b"s", [b])])
+    server.setServiceParent(root)
+    root.startService()
+    try:
+        await until(lambda: server.address is not None, what="the server to listen")
+        assert await client_for(server).post(SERVICE, b"hi").collect() == [(b"s", [b"hi"])]
+    finally:
+        await root.stopService()
+    assert server.port is None

@@ -36,7 +36,10 @@ from txloom.wire.streams import (
 if TYPE_CHECKING:
     from txloom.streams.client import RequestStream
 
-__all__ = ["SourceMeta", "SourceStream"]
+__all__ = ["READ_SIZE", "SourceMeta", "SourceStream"]
+
+#: Most bytes a channel takes from its socket in one read.
+READ_SIZE = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +212,10 @@ class ChannelConnection(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        if hasattr(self.transport, "bufferSize"):
+            # Read up to READ_SIZE per wake-up: a channel only reads, and large frames then
+            # cost a few reads each rather than one per 64 KiB.
+            self.transport.bufferSize = READ_SIZE
         self.source.connected(self)
         attach = Attach(self.source.channel, self.token)
         self.transport.write(encode_frame(encode_control(attach)))
