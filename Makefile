@@ -6,7 +6,9 @@ STAMP  := $(VENV)/.txloom-installed
 
 .PHONY: run test lint bench clean
 
-$(STAMP): pyproject.toml examples/txloom-extras/pyproject.toml
+# The dropins are copied into site-packages by the editable install: edits reinstall.
+$(STAMP): pyproject.toml examples/txloom-extras/pyproject.toml twisted/plugins/*.py \
+		examples/txloom-extras/twisted/plugins/*.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

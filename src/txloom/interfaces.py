@@ -58,26 +58,63 @@ class IExtensionFactory(Interface):
 # =============================================================================================
 
 
+class IReplayPlan(Interface):
+    """A fixed list of facts chosen for one replay answer, a page, or a catch-up step.
+
+    Made on the reactor thread (``plan_replay``) or on a reader thread (``page``), then
+    read on at most one thread at a time (a reader thread: reading may block on the
+    disk). The facts a plan names never change under it: a backend keeps what it needs
+    (pinned files, a read transaction) until ``close``.
+    """
+
+    count = Attribute("How many facts the plan holds.")
+    next = Attribute(
+        "Where a paged reader continues: the highest sequence number the plan covers. When "
+        "``more`` is false it is at least the newest number committed when it was made."
+    )
+    more = Attribute("True when facts may remain after this page.")
+
+    def encoded_size():  # type: ignore[misc]
+        """Bytes of the fact bodies joined with commas (known before any is read)."""
+
+    def batches():  # type: ignore[misc]
+        """An iterator of lists of fact bodies (``bytes``), in plan order."""
+
+    def numbered_batches():  # type: ignore[misc]
+        """As ``batches``, with each body paired with its sequence number: ``(seq, body)``."""
+
+    def close():  # type: ignore[misc]
+        """Release what the plan holds; idempotent; called whether or not it was read."""
+
+
 class IStorageBackend(Interface):
     """Where the store server keeps facts (``file`` and ``memory`` are txloom's own).
 
     The server hands a backend each fact twice over: its bytes (the compact JSON that
-    replay and push send back verbatim) and its meta (id, store, transaction time). The
-    backend owns sequence numbers: 1, 2, ... in commit order, stable across restarts.
+    replay and push send back verbatim) and its meta (``id``, ``store``,
+    ``transaction_time``). The backend owns sequence numbers: 1, 2, ... in commit order,
+    stable across restarts. Snapshot rules are the store spec's: a snapshot replaces the
+    last one; a log fact whose id is in the snapshot is hidden from replay.
 
-    All methods are called on the reactor thread; everything that writes returns a
-    Deferred. A replay plan only names committed bytes: it may be read on any one thread at
-    a time (the file backend reads plans on its reader threads, so that one client's large
-    replay never stalls the reactor).
+    Every method and attribute is used on the reactor thread; everything that writes or
+    may wait returns a Deferred. A failure to store fails that Deferred with
+    ``txloom.store.errors.StorageFailure`` (answered ``storage_failed``).
     """
 
     name = Attribute("Short name for logs and stats, such as 'file' or 'memory'.")
+    location = Attribute("Where the facts live, for the start-up log (a path, or 'memory').")
     durable = Attribute("True when committed facts survive a restart of the process.")
+    fsync = Attribute("The durability policy, shown in stats ('always', 'interval:MS', ...).")
     last_seq = Attribute("Sequence number of the newest committed fact (0 when empty).")
     fact_count = Attribute("How many facts a plain replay returns now.")
 
+    def prepare():  # type: ignore[misc]
+        """Take what must be exclusive (a directory lock) now, before anything is served:
+        raises at once if another process holds it. May do nothing."""
+
     def open():  # type: ignore[misc]
-        """Recover and load; a Deferred that fires when appends and replays may begin."""
+        """Recover and load; a Deferred firing with a one-line summary for the log once
+        appends and replays may begin."""
 
     def close():  # type: ignore[misc]
         """Finish queued writes, make them durable, release files; returns a Deferred."""
@@ -87,7 +124,7 @@ class IStorageBackend(Interface):
 
         "Committed" follows the backend's durability policy: with fsync ``always`` the
         fact is on stable storage when the Deferred fires. Facts are committed in the
-        order ``append`` was called; a failure fails the Deferred with an exception.
+        order ``append`` was called. Concurrent appends should share one sync.
         """
 
     def write_snapshot(facts):  # type: ignore[misc]
@@ -98,21 +135,29 @@ class IStorageBackend(Interface):
         """
 
     def compact():  # type: ignore[misc]
-        """Fold the log into a compacted file and drop the old segments, atomically.
+        """Drop what the snapshot hides and reclaim room; replay answers the same after.
 
-        Replay answers the same facts before and after. Deferred fires with a dict
-        report (facts kept, bytes before and after).
+        Never makes the store larger. Deferred fires with a dict: ``through`` (last
+        number covered), ``facts`` (log facts kept), ``bytes_before``, ``bytes_after``
+        and ``compacted`` (False when nothing was worth rewriting).
         """
 
     def plan_replay():  # type: ignore[misc]
-        """A ``ReplayPlan`` of every visible fact, by transaction time then arrival."""
+        """An ``IReplayPlan`` of every visible fact, by transaction time then arrival."""
 
-    def plan_page(since, stores, limit, budget, scan_limit=None):  # type: ignore[misc]
-        """A ``ReplayPlan`` of facts numbered above ``since``, in sequence order.
+    def page(since, stores, limit, budget, scan_limit=None, then=None):  # type: ignore[misc]
+        """A Deferred firing with an ``IReplayPlan`` of facts numbered above ``since``, in
+        sequence order, chosen on a reader thread.
 
         ``stores`` (names, or None for all) filters; the page stops after ``limit``
-        facts or before ``budget`` bytes; ``plan.next`` is where the next page starts.
+        facts (None: no count limit), before ``budget`` bytes (bodies plus one comma
+        each), or after examining ``scan_limit`` facts; ``plan.next`` is where the next
+        page starts. With ``then``, ``then(plan)`` is called on that reader thread too
+        (it closes the plan) and the Deferred fires with its result.
         """
+
+    def read(fn, *args):  # type: ignore[misc]
+        """Run ``fn(*args)`` (which reads plans) on a reader thread; a Deferred of it."""
 
     def add_listener(listener):  # type: ignore[misc]
         """Call ``listener(committed)`` with each batch of newly committed facts.
@@ -126,6 +171,19 @@ class IStorageBackend(Interface):
 
     def when_idle():  # type: ignore[misc]
         """A Deferred that fires once nothing is queued or being written (for drains)."""
+
+    def storage_status():  # type: ignore[misc]
+        """Health for ``stats``: ``{"storage": "ok" | "failed", "storage_failures": N}``,
+        plus ``"storage_error"`` while failed."""
+
+
+class IStorageBackendFactory(IExtensionFactory):
+    """Builds a storage backend (found as a Twisted plugin: ``--backend NAME``)."""
+
+    def backend(reactor, config, options):  # type: ignore[misc]
+        """An ``IStorageBackend`` for a server with ``config`` (a ``StoreConfig``: data
+        directory, fsync policy, frame limit, reader threads) and this factory's parsed
+        ``options`` (or None)."""
 
 
 # =============================================================================================

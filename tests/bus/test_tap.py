@@ -77,6 +77,8 @@ def test_repeatable_options_and_token_file(tmp_path: Path) -> None:
         (["--bridge", "nats", "--bridge-option", "url=nats://x:1"], "at least one --bridge-type"),
         (["--transport", "carrier-pigeon"], "--transport carrier-pigeon: not installed"),
         (["--slow-pod-policy", "panic"], "--slow-pod-policy"),
+        (["--slow-client-policy", "pause"], "--slow-client-policy must be"),
+        (["--client-backlog-limit", "0"], "0 is not positive"),
         (["--bridge-type", "a.b"], "--bridge-type needs --nats"),
         (["--nats", "nats://127.0.0.1:4222"], "at least one --bridge-type"),
         (["--nats", "nats://x:1", "--bridge-type", "bad type"], "valid NATS subject"),

@@ -217,7 +217,7 @@ async def test_a_failed_read_answers_an_error_or_drops_a_begun_frame(
         answer, pong = await deferToThread(replay_fails_at_once, address)
         assert answer == {
             "ok": False,
-            "error_code": "internal_error",
+            "error_code": "storage_failed",
             "error": "storage failure; see the server log",
             "request_id": 7,
         }

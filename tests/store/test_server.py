@@ -23,6 +23,7 @@ from support.store import (
     tcp_address,
 )
 from txloom.store.config import FsyncPolicy
+from txloom.store.service import StoreService
 from txloom.wire.crcjson import encode_object
 
 
@@ -147,3 +148,33 @@ async def test_stop_drains_writes_in_flight(tmp_path: Path) -> None:
             assert again.backend.fact_count >= acknowledged
         finally:
             await stop_server(again)
+
+
+def ping_and_write(address: str) -> list[dict]:
+    with RawClient(address) as c:
+        return [
+            c.rpc({"op": "write_fact", "fact": dict(VECTOR_FACT, id="handed-in")}),
+            c.rpc({"op": "stats"}),
+        ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_handed_in_is_the_one_used(tmp_path: Path) -> None:
+    """``StoreService(backend=...)``: any ``IStorageBackend``, whatever ``config.backend``
+    says (here the example distribution's SQLite backend, built by hand)."""
+    from twisted.internet import reactor
+    from txloom_extras.sqlite_backend import SQLiteBackend
+
+    backend = SQLiteBackend(reactor, str(tmp_path / "facts.db"))
+    with short_tempdir() as sock_dir:
+        config = server_config(tmp_path / "unused", sock_dir, backend="no-such-backend")
+        service = StoreService(config, reactor, backend=backend)
+        service.startService()
+        await service.ready
+        try:
+            written, stats = await deferToThread(ping_and_write, tcp_address(service))
+        finally:
+            await stop_server(service)
+    assert written == {"ok": True}
+    assert stats["backend"] == "sqlite" and stats["last_seq"] == 1
+    assert not (tmp_path / "unused").exists()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 import struct
 import zlib
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -14,15 +16,18 @@ from support.splits import split
 from txloom.wire.crcjson import (
     BadChecksum,
     BadJSON,
+    Frame,
     FrameDecoder,
     FrameTooLarge,
+    JSONObject,
     NotAnObject,
     ObjectDecoder,
     decode_body,
     encode_frame,
     encode_object,
 )
-from txloom.wire.errors import LocalProtocolError, RemoteProtocolError
+from txloom.wire.decoder import NEED_DATA, ConnectionClosed
+from txloom.wire.errors import LocalProtocolError, RemoteProtocolError, TruncatedFrame
 
 json_scalars = (
     st.none()
@@ -60,9 +65,11 @@ def test_round_trip_any_split(objects: list[dict], cuts: list[int]) -> None:
     for piece in split(stream, cuts):
         decoder.receive_data(piece)
         out.extend(decoder)
-    assert out == objects
-    assert decoder.frames.consumed == len(stream)
-    assert decoder.frames.pending == 0
+    assert out == [JSONObject(o) for o in objects]
+    assert decoder.consumed == len(stream)
+    assert decoder.pending == 0
+    decoder.receive_eof()
+    assert decoder.next_event() == ConnectionClosed()
 
 
 @given(st.binary(max_size=2000), st.lists(st.integers(min_value=0), max_size=6))
@@ -166,3 +173,62 @@ def test_local_errors() -> None:
         encode_object({"x": float("nan")})
     with pytest.raises(LocalProtocolError):
         encode_object({"x": object()})
+
+
+def test_events_are_frozen_and_a_truncated_stream_is_an_error() -> None:
+    frame = encode_object({"op": "ping"})
+    decoder = FrameDecoder()
+    decoder.receive_data(frame + frame[:5])
+    event = decoder.next_event()
+    assert event == Frame(b'{"op":"ping"}')
+    with pytest.raises(AttributeError):
+        event.body = b""  # type: ignore[misc]
+    assert decoder.next_event() is NEED_DATA
+    decoder.receive_eof()
+    with pytest.raises(TruncatedFrame):
+        decoder.next_event()
+    with pytest.raises(TruncatedFrame):  # sticky
+        decoder.next_event()
+
+
+def garbage_frame(rng: random.Random) -> bytes:
+    """A frame whose length prefix is right, so the decoder reads it whole and reaches
+    the checks behind it: the checksum, UTF-8, JSON, the object test (or the limit)."""
+    kind = rng.randrange(6)
+    if kind == 0:  # random bytes
+        body = rng.randbytes(rng.randrange(1, 200))
+    elif kind == 1:  # almost JSON
+        body = json.dumps({"op": "x" * rng.randrange(5)}).encode()[: rng.randrange(1, 12)]
+    elif kind == 2:  # JSON, not an object
+        body = rng.choice([b"[1]", b'"op"', b"null", b"3.5", b"true"])
+    elif kind == 3:  # invalid UTF-8 inside a string
+        body = b'{"op":"' + bytes([rng.randrange(0x80, 0x100)]) + b'"}'
+    elif kind == 4:  # a good object
+        body = json.dumps({"op": "ping", "n": rng.random()}).encode()
+    else:  # announced larger than the limit
+        return struct.pack(">I", 1025 + rng.randrange(1 << 20)) + b"{"
+    frame = bytearray(encode_frame(body))
+    if rng.random() < 0.25:  # a flipped bit in the body or the checksum
+        frame[rng.randrange(4, len(frame))] ^= 1 << rng.randrange(8)
+    return bytes(frame)
+
+
+def test_garbage_with_valid_length_prefixes_reaches_every_error_path() -> None:
+    rng = random.Random(7)
+    reached: Counter[str] = Counter()
+    for _ in range(2000):
+        decoder = ObjectDecoder(max_frame_size=1024)
+        data = garbage_frame(rng)
+        for piece in split(data, [rng.randrange(len(data) + 1) for _ in range(2)]):
+            decoder.receive_data(piece)
+        try:
+            event = decoder.next_event()
+        except RemoteProtocolError as e:
+            reached[type(e).__name__] += 1
+            with pytest.raises(type(e)):  # sticky
+                decoder.next_event()
+            continue
+        assert isinstance(event, JSONObject)
+        reached["ok"] += 1
+    assert set(reached) == {"ok", "BadChecksum", "BadJSON", "NotAnObject", "FrameTooLarge"}
+    assert min(reached.values()) >= 100, reached

@@ -6,12 +6,16 @@ stays cheap. Sections follow ``txloom.interfaces``.
 """
 
 # Store server: IStorageBackendFactory
+from txloom.store.factories import FileBackendFactory, MemoryBackendFactory
+
+file_backend = FileBackendFactory()
+memory_backend = MemoryBackendFactory()
 
 # Worker host: IWorkerLauncherFactory
 
 # Reverse RPC: IRPCTransportFactory
-from txloom.rpc.grpc.factory import GrpcTransportFactory
-from txloom.rpc.transports.factories import (
+from txloom.rpc.grpc.factory import GrpcTransportFactory  # noqa: E402
+from txloom.rpc.transports.factories import (  # noqa: E402
     HeartbeatTransportFactory,
     LongPollTransportFactory,
     StreamTransportFactory,

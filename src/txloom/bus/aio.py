@@ -11,6 +11,10 @@ event loop.
     apod = AsyncioPod(bus.connect())
     apod.on_type("job", handle_job)            # async def handle_job(msg): await asyncio.sleep(...)
     reply = await apod.send(Message.new("q")).wait_until(2.0)
+
+``connect`` attaches to a running node as a client (``txloom.bus.client``) the same way:
+
+    client = await connect("ws://127.0.0.1:8080/meta/message")
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from typing import Any
 import txaio.aio
 from twisted.internet.defer import Deferred
 
+from txloom.bus.client import BusClient
+from txloom.bus.client import connect as connect_client
 from txloom.bus.message import Message
 from txloom.bus.pod import Pod
 from txloom.bus.receipt import MsgReceipt, WaitFunction
 
-__all__ = ["AsyncioPod", "AsyncioReceipt"]
+__all__ = ["AsyncioClient", "AsyncioPod", "AsyncioReceipt", "connect"]
 
 AsyncHandler = Callable[[Message], Awaitable[Any] | Any]
 
@@ -59,7 +65,7 @@ class AsyncioReceipt:
 class AsyncioPod:
     """A pod seen from asyncio: same semantics, asyncio futures and tasks."""
 
-    def __init__(self, pod: Pod, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, pod: Pod | BusClient, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.pod = pod
         self._loop = loop if loop is not None else asyncio.get_event_loop()
         self._aio = txaio.aio.with_config(loop=self._loop)
@@ -106,3 +112,34 @@ class AsyncioPod:
 
     def disconnect(self) -> None:
         self.pod.disconnect()
+
+
+class AsyncioClient(AsyncioPod):
+    """A ``BusClient`` seen from asyncio (made by ``connect``)."""
+
+    client: BusClient
+
+    def __init__(self, client: BusClient, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(client, loop)
+        self.client = client
+
+    @property
+    def node_uuid(self) -> str:
+        return self.client.node_uuid
+
+    def close(self) -> asyncio.Future[None]:
+        """Detach from the node (see ``BusClient.close``)."""
+        return self._future(self.client.close())
+
+    def disconnect(self) -> None:
+        self.client.close()
+
+
+async def connect(
+    url: str, *, loop: asyncio.AbstractEventLoop | None = None, **options: Any
+) -> AsyncioClient:
+    """``txloom.bus.client.connect`` for asyncio code (same options); Twisted must run on
+    its asyncio reactor on this loop."""
+    loop = loop if loop is not None else asyncio.get_running_loop()
+    client = await connect_client(url, **options).asFuture(loop)
+    return AsyncioClient(client, loop)

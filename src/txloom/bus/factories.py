@@ -53,6 +53,8 @@ class WebSocketMeshFactory:
             keepalive=c.keepalive,
             max_message_size=c.max_message_size,
             peer_backlog_limit=c.peer_backlog_limit,
+            client_backlog_limit=c.client_backlog_limit,
+            slow_client_policy=c.slow_client_policy,
             reconnect_initial=c.reconnect_initial,
             reconnect_max=c.reconnect_max,
             withdraw_timeout=c.withdraw_timeout,

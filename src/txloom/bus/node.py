@@ -26,6 +26,7 @@ from txloom import __version__
 from txloom.bus.buffer import DEFAULT_REPLAY_SIZE
 from txloom.bus.bus import DEFAULT_POD_QUEUE_LIMIT, Bus, SlowPodPolicy
 from txloom.bus.mesh import mesh as mesh_defaults
+from txloom.bus.mesh.clients import CLIENT_BACKLOG_LIMIT, SlowClientPolicy
 from txloom.bus.mesh.urls import DEFAULT_PATH
 from txloom.bus.status import MessageLog, StatusResponder
 from txloom.extensions import choose, parse_options
@@ -68,6 +69,8 @@ class BusNodeConfig:
     withdraw_timeout: float = mesh_defaults.WITHDRAW_TIMEOUT
     max_message_size: int = mesh_defaults.MAX_MESSAGE_SIZE
     peer_backlog_limit: int = mesh_defaults.PEER_BACKLOG_LIMIT
+    client_backlog_limit: int = CLIENT_BACKLOG_LIMIT
+    slow_client_policy: str = SlowClientPolicy.DROP.value
     tls_trust: str | None = None
     replay_size: int = DEFAULT_REPLAY_SIZE
     pod_queue_limit: int = DEFAULT_POD_QUEUE_LIMIT
@@ -188,6 +191,7 @@ class BusNodeService(MultiService):
     def describe(self) -> dict[str, Any]:
         """What the status responder answers."""
         assert self.bus is not None and self.mesh is not None
+        clients = getattr(self.mesh, "clients", None)  # a transport may serve no clients
         return {
             "node": self.mesh.node_uuid,
             "group": self.mesh.belongs_to,
@@ -201,6 +205,7 @@ class BusNodeService(MultiService):
             "pods": len(self.bus.pods),
             "bus": {**self.bus.stats.as_dict(), "paused": self.bus.paused},
             "mesh": self.mesh.stats.as_dict(),
+            "clients": clients.describe() if clients is not None else None,
             "bridge": self.bridge.describe() if self.bridge is not None else None,
             "bridges": [b.describe() for b in self.bridges or ()],
         }

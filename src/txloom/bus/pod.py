@@ -213,9 +213,13 @@ class Pod:
         """Fires when the bus accepts more without pausing (immediately if it does now)."""
         return self._bus.writable()
 
-    def disconnect(self) -> None:
-        """Leave the bus: stop receiving, fail every wait with ``ConnectionClosed``."""
-        self._close("disconnected by its owner")
+    def disconnect(self, reason: str = "disconnected by its owner") -> None:
+        """Leave the bus: stop receiving, fail every wait with ``ConnectionClosed``.
+
+        ``reason`` is what ``when_disconnected`` fires with (a transport that owns the pod
+        says why it went).
+        """
+        self._close(reason)
 
     def when_disconnected(self) -> Deferred[str]:
         """Fires with the reason once the pod is disconnected (by its owner or the bus)."""

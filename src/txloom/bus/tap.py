@@ -23,6 +23,7 @@ from txloom.bus.bridge.subjects import valid_subject
 from txloom.bus.buffer import DEFAULT_REPLAY_SIZE
 from txloom.bus.bus import DEFAULT_POD_QUEUE_LIMIT
 from txloom.bus.mesh import mesh as mesh_defaults
+from txloom.bus.mesh.clients import CLIENT_BACKLOG_LIMIT
 from txloom.bus.mesh.urls import DEFAULT_PATH, BadPeerURL, PeerURL
 from txloom.bus.node import BusNodeConfig, BusNodeService
 from txloom.extensions import choose, describe, parse_options
@@ -158,6 +159,19 @@ class Options(usage.Options):
             _positive(int),
         ],
         [
+            "client-backlog-limit",
+            None,
+            CLIENT_BACKLOG_LIMIT,
+            "Bytes a slow bus client may fall behind before the slow-client policy applies.",
+            _positive(int),
+        ],
+        [
+            "slow-client-policy",
+            None,
+            "drop",
+            "'drop': drop (and log) what a slow bus client cannot take; 'disconnect': close it.",
+        ],
+        [
             "tls-trust",
             None,
             None,
@@ -286,6 +300,8 @@ class Options(usage.Options):
         if not group or not port.isdigit() or not 0 < int(port) < 65536:
             raise usage.UsageError("--discovery-address must be GROUP:PORT")
         self["discovery-group"], self["discovery-port"] = group, int(port)
+        if self["slow-client-policy"] not in ("drop", "disconnect"):
+            raise usage.UsageError("--slow-client-policy must be 'drop' or 'disconnect'")
         if self["slow-pod-policy"] not in ("pause", "drop"):
             raise usage.UsageError("--slow-pod-policy must be 'pause' or 'drop'")
         if not 1 <= self["hop-limit"] <= MAX_HOPS:
@@ -358,6 +374,8 @@ class Options(usage.Options):
             withdraw_timeout=self["withdraw-timeout"],
             max_message_size=self["max-message-size"],
             peer_backlog_limit=self["peer-backlog-limit"],
+            client_backlog_limit=self["client-backlog-limit"],
+            slow_client_policy=self["slow-client-policy"],
             tls_trust=self["tls-trust"],
             replay_size=self["replay-size"],
             pod_queue_limit=self["pod-queue-limit"],

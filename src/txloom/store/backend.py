@@ -16,6 +16,8 @@ step that switches files.
 
 from __future__ import annotations
 
+import enum
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,26 +30,47 @@ from zope.interface import implementer
 
 from txloom.interfaces import IStorageBackend
 from txloom.store import maintenance
-from txloom.store.config import DEFAULT_READER_THREADS, FsyncPolicy
-from txloom.store.directory import Directory, FileDirectory, MemoryDirectory
+from txloom.store.config import (
+    DEFAULT_READER_THREADS,
+    DEFAULT_STORAGE_RETRY_INITIAL,
+    DEFAULT_STORAGE_RETRY_MAX,
+    FsyncPolicy,
+)
+from txloom.store.directory import Directory
+from txloom.store.errors import OperationFailed, StorageFailure
 from txloom.store.fact import FactMeta
+from txloom.store.factories import file_backend, memory_backend
 from txloom.store.index import FactIndex
 from txloom.store.loader import LoadedStore, load_store
-from txloom.store.replay import ReplayPlan
+from txloom.store.replay import ReplayPlan, select_and, select_page
 from txloom.store.threads import WorkerThreads
 from txloom.store.volumes import VolumeTable
 from txloom.store.wal import WriteAheadLog
 from txloom.wire.crcjson import DEFAULT_MAX_FRAME_SIZE, encode_frame
 
-__all__ = ["Committed", "StorageFailure", "StoreBackend", "file_backend", "memory_backend"]
+__all__ = [
+    "Committed",
+    "OperationFailed",
+    "StorageFailure",
+    "StorageState",
+    "StoreBackend",
+    "file_backend",
+    "memory_backend",
+]
 
 #: Largest group commit, in bytes of frames: past this a batch is cut so that one huge
 #: burst does not delay the answers of the writes at its front.
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 
-class StorageFailure(Exception):
-    """The disk refused a write or an fsync; the backend takes no more writes."""
+class StorageState(enum.Enum):
+    """Whether the write line takes writes."""
+
+    #: Writes are taken.
+    OK = "ok"
+    #: A write or fsync failed: writes are refused at once while the backend retries,
+    #: with growing pauses, to repair the log's end and sync it; then it is OK again.
+    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +119,12 @@ class StoreBackend:
         threaded: bool = True,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         reader_threads: int = DEFAULT_READER_THREADS,
+        retry_initial: float = DEFAULT_STORAGE_RETRY_INITIAL,
+        retry_max: float = DEFAULT_STORAGE_RETRY_MAX,
     ) -> None:
         self.reactor = reactor
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
         self.name = name
         self.fsync = fsync or FsyncPolicy()
         self.max_frame_size = max_frame_size
@@ -130,7 +157,15 @@ class StoreBackend:
         self._queue: deque[_Write | _Exclusive] = deque()
         self._busy = False
         self._scheduled = False
-        self._failed: Failure | None = None
+        self.state = StorageState.OK
+        #: Why the backend is FAILED (None when OK), and since when (monotonic seconds).
+        self.failure_reason: str | None = None
+        self._failed_since = 0.0
+        #: Storage failures over the process's life.
+        self.failures = 0
+        self._retry_delay = retry_initial
+        self._retry_call: Any = None
+        self._retrying = False
         self._closed = False
         self._dirty = False
         self._syncer: task.LoopingCall | None = None
@@ -155,10 +190,15 @@ class StoreBackend:
         if self.directory is None:
             self.directory = self._open_directory()
 
+    @property
+    def location(self) -> str:
+        return self.directory.describe() if self.directory is not None else self.name
+
     def open(self) -> defer.Deferred:
+        """Recover; fires with a one-line summary (``self.loaded`` has the details)."""
         return defer.Deferred.fromCoroutine(self._open())
 
-    async def _open(self) -> LoadedStore:
+    async def _open(self) -> str:
         self.prepare()
         assert self.directory is not None
         for threads in (self._writer, self._readers, self._maintainer):
@@ -179,7 +219,15 @@ class StoreBackend:
             self._syncer = task.LoopingCall(self._interval_sync)
             self._syncer.clock = self.reactor
             self._syncer.start(self.fsync.interval_ms / 1000.0, now=False)
-        return loaded
+        report = loaded.report
+        cut = ""
+        if report.cut_bytes:
+            cut = f"; cut {report.cut_bytes} damaged bytes, salvaged {len(report.salvaged)} facts"
+        return (
+            f"recovered {len(loaded.index)} facts (last seq {loaded.next_seq - 1}) in "
+            f"{loaded.seconds * 1000:.0f} ms: {report.frames} WAL frames in {report.segments} "
+            f"segments ({report.bytes} bytes), {loaded.snapshot_rows} snapshot facts{cut}"
+        )
 
     def close(self) -> defer.Deferred:
         """Finish every queued write and task, fsync, release the files."""
@@ -191,6 +239,8 @@ class StoreBackend:
         self._closed = True
         if self._syncer is not None and self._syncer.running:
             self._syncer.stop()
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
         await self.maintenance.acquire()  # a snapshot or compaction under way finishes
         try:
             await self.when_idle()
@@ -228,10 +278,9 @@ class StoreBackend:
 
     def append(self, body: bytes, meta: FactMeta) -> defer.Deferred:
         """Queue one fact; fires with its sequence number once committed."""
-        if self._failed is not None:
-            return defer.fail(StorageFailure(f"storage failed earlier: {self._failed.value}"))
-        if self._closed:
-            return defer.fail(StorageFailure("the store is shutting down"))
+        refused = self._refusal()
+        if refused is not None:
+            return defer.fail(refused)
         d: defer.Deferred = defer.Deferred()
         self._queue.append(_Write(body, meta, d))
         self._schedule()
@@ -241,8 +290,9 @@ class StoreBackend:
         """Run ``work`` on the writer thread once every write queued before is committed,
         then ``install(result)`` on the reactor thread before the next batch forms; fires
         with what ``install`` returned. Writes queued meanwhile wait: keep it short."""
-        if self._failed is not None:
-            return defer.fail(StorageFailure(f"storage failed earlier: {self._failed.value}"))
+        refused = self._refusal()
+        if refused is not None:
+            return defer.fail(refused)
         d: defer.Deferred = defer.Deferred()
         self._queue.append(_Exclusive(work, install, d))
         self._schedule()
@@ -290,10 +340,7 @@ class StoreBackend:
 
     def _write_batch(self, frames: bytes, count: int, sync: bool) -> tuple[int, int]:
         assert self.wal is not None
-        located = self.wal.append(frames, count)
-        if sync:
-            self.wal.sync()
-        return located
+        return self.wal.append(frames, count, sync)
 
     def _batch_done(self, located: tuple[int, int], batch: list[_Write], first_seq: int) -> None:
         vol, offset = located
@@ -347,25 +394,105 @@ class StoreBackend:
         self._pump()
 
     def _exclusive_failed(self, failure: Failure, item: _Exclusive) -> None:
+        if failure.check(OperationFailed):
+            # nothing was changed: this operation fails, the write line goes on
+            self.log.error("{error}", error=failure.getErrorMessage())
+            self._busy = False
+            item.deferred.errback(StorageFailure(failure.getErrorMessage()))
+            self._pump()
+            return
         self._fail(failure)
         item.deferred.errback(StorageFailure(f"{failure.value}"))
 
-    def _fail(self, failure: Failure) -> None:
-        self.log.failure(
-            "storage failure: no more writes are accepted; restart to recover", failure
+    # -- storage failures and recovery --------------------------------------------------
+
+    def _refusal(self) -> StorageFailure | None:
+        if self.state is StorageState.FAILED:
+            return StorageFailure(f"storage failed: {self.failure_reason}; retrying")
+        if self._closed:
+            return StorageFailure("the store is shutting down")
+        return None
+
+    def _fail(self, failure: Failure, in_line: bool = True) -> None:
+        """A write or fsync failed: refuse writes, fail what is queued, start retrying.
+
+        ``in_line``: the failure ended the write line's current item (not an interval
+        fsync running beside it), so the line is free and the numbers that item took are
+        given again (its frames were cut off).
+        """
+        reason = failure.getErrorMessage()
+        self.failures += 1
+        if in_line:
+            self._busy = False
+            self.next_seq = self._committed_seq + 1
+        if self.state is StorageState.OK:
+            self.state = StorageState.FAILED
+            self._failed_since = time.monotonic()
+            self._retry_delay = self.retry_initial
+        self.failure_reason = reason
+        self.log.error(
+            "storage failure: {reason}; writes are refused until the log is repaired "
+            "(next try in {delay:.2f}s)",
+            reason=reason,
+            delay=self._retry_delay,
         )
-        self._failed = failure
-        self._busy = False
         queued, self._queue = self._queue, deque()
-        error = StorageFailure(f"storage failed: {failure.value}")
+        error = StorageFailure(f"storage failed: {reason}")
         for item in queued:
             item.deferred.errback(error)
+        self._schedule_retry()
+        if in_line:
+            self._pump()
+
+    def _schedule_retry(self) -> None:
+        if self._closed or self._retrying:
+            return
+        if self._retry_call is not None and self._retry_call.active():
+            return
+        self._retry_call = self.reactor.callLater(self._retry_delay, self._retry)
+
+    def _retry(self) -> None:
+        """Repair the log's end on the writer thread; back off while the disk refuses."""
+        self._retry_call = None
+        if self._closed or self.wal is None or self.state is StorageState.OK:
+            return
+        self._retrying = True
+        self._run(self.wal.restore).addCallbacks(self._recovered, self._still_failed)
+
+    def _recovered(self, _: Any) -> None:
+        self._retrying = False
+        self.log.info(
+            "storage recovered after {seconds:.1f}s ({reason}); writes are taken again",
+            seconds=time.monotonic() - self._failed_since,
+            reason=self.failure_reason,
+        )
+        self.state = StorageState.OK
+        self.failure_reason = None
+        self._retry_delay = self.retry_initial
         self._pump()
 
+    def _still_failed(self, failure: Failure) -> None:
+        self._retrying = False
+        self._retry_delay = min(self.retry_max, self._retry_delay * 2)
+        self.failure_reason = failure.getErrorMessage()
+        self.log.warn(
+            "storage still failing: {reason}; next try in {delay:.2f}s",
+            reason=self.failure_reason,
+            delay=self._retry_delay,
+        )
+        self._schedule_retry()
+
+    def storage_status(self) -> dict[str, Any]:
+        """The backend's health for ``stats``: state, why it failed, failures so far."""
+        status: dict[str, Any] = {"storage": self.state.value, "storage_failures": self.failures}
+        if self.state is StorageState.FAILED:
+            status["storage_error"] = self.failure_reason
+        return status
+
     def _interval_sync(self) -> None:
-        if self._dirty and self.wal is not None and self._failed is None:
+        if self._dirty and self.wal is not None and self.state is StorageState.OK:
             self._dirty = False
-            self._run(self.wal.sync).addErrback(self._fail)
+            self._run(self.wal.sync).addErrback(self._fail, in_line=False)
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
         return self._writer.run(fn, *args)
@@ -390,10 +517,9 @@ class StoreBackend:
         self._committed_seq = next_seq - 1
 
     def check_open(self) -> None:
-        if self._failed is not None:
-            raise StorageFailure(f"storage failed earlier: {self._failed.value}")
-        if self._closed:
-            raise StorageFailure("the store is shutting down")
+        refused = self._refusal()
+        if refused is not None:
+            raise refused
 
     # -- snapshots and compaction -------------------------------------------------------
 
@@ -434,15 +560,14 @@ class StoreBackend:
     ) -> ReplayPlan:
         """Facts numbered above ``since`` in sequence order, at most ``budget`` bytes."""
         index = self.index
-        return _select_page(
+        return select_page(
             index, len(index), self.volumes.pin(), since, stores, limit, budget, scan_limit
         )
 
-    def page(
+    def page(  # noqa: PLR0917 - IStorageBackend.page
         self,
         since: int,
         stores: Iterable[str] | None,
-        *,
         limit: int | None,
         budget: int,
         scan_limit: int | None = None,
@@ -453,72 +578,8 @@ class StoreBackend:
         plan); fires with the plan, or with what ``then`` returned."""
         index = self.index
         pinned = self.volumes.pin()  # now: a compaction may retire volumes meanwhile
-        args = (index, len(index), pinned, since, stores, limit, budget, scan_limit)
+        covered = self._committed_seq
+        args = (index, len(index), pinned, since, stores, limit, budget, scan_limit, covered)
         if then is None:
-            return self.read(_select_page, *args)
-        return self.read(_select_and, then, *args)
-
-
-def _select_page(  # noqa: PLR0917 - runs on a reader thread with the reactor's view
-    index: FactIndex,
-    end: int,
-    pinned: dict[int, Any],
-    since: int,
-    stores: Iterable[str] | None,
-    limit: int | None,
-    budget: int,
-    scan_limit: int | None,
-) -> ReplayPlan:
-    """The page plan over the first ``end`` rows of ``index`` (safe on any thread)."""
-    try:
-        store_ids = None if stores is None else index.store_ids(stores)
-        if store_ids is not None and not store_ids:
-            # none of the named stores has a fact: an empty page that covers the index
-            last = index.seqs[end - 1] if end else 0
-            for volume in pinned.values():
-                volume.release()
-            return ReplayPlan(index, [], {}, next_seq=max(since, last), body_bytes=0)
-        rows, cursor, more = index.select(
-            since, store_ids, limit=limit, budget=budget, scan_limit=scan_limit, end=end
-        )
-    except BaseException:
-        for volume in pinned.values():
-            volume.release()
-        raise
-    return ReplayPlan(index, rows, pinned, next_seq=cursor, more=more)
-
-
-def _select_and(then: Callable[[ReplayPlan], Any], *args: Any) -> Any:
-    return then(_select_page(*args))
-
-
-def file_backend(
-    reactor: Any,
-    path: str,
-    fsync: FsyncPolicy | None = None,
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-    *,
-    reader_threads: int = DEFAULT_READER_THREADS,
-) -> StoreBackend:
-    """The durable backend: WAL and snapshot files in ``path``, written by one thread."""
-    return StoreBackend(
-        reactor,
-        lambda: FileDirectory(path),
-        name="file",
-        fsync=fsync,
-        threaded=True,
-        max_frame_size=max_frame_size,
-        reader_threads=reader_threads,
-    )
-
-
-def memory_backend(reactor: Any, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> StoreBackend:
-    """Facts in process memory, same semantics as ``file``, gone at exit."""
-    return StoreBackend(
-        reactor,
-        MemoryDirectory,
-        name="memory",
-        fsync=FsyncPolicy("never"),
-        threaded=False,
-        max_frame_size=max_frame_size,
-    )
+            return self.read(select_page, *args)
+        return self.read(select_and, then, *args)

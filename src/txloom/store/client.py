@@ -92,7 +92,7 @@ class StoreClientProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.decoder.receive_data(data)
         try:
-            for obj in self.decoder:
+            while (obj := self.decoder.next_object()) is not None:
                 if "event" in obj and self.on_event is not None:
                     try:
                         self.on_event(obj)

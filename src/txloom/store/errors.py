@@ -16,6 +16,7 @@ FRAME_TOO_LARGE = "frame_too_large"
 BAD_FRAME = "bad_frame"
 UNAUTHORIZED = "unauthorized"
 OVERLOADED = "overloaded"
+STORAGE_FAILED = "storage_failed"
 INTERNAL_ERROR = "internal_error"
 
 #: Every code the server may answer with.
@@ -28,6 +29,7 @@ ERROR_CODES = frozenset(
         BAD_FRAME,
         UNAUTHORIZED,
         OVERLOADED,
+        STORAGE_FAILED,
         INTERNAL_ERROR,
     }
 )
@@ -58,6 +60,20 @@ class StoreError(Exception):
 
 class StoreConnectionError(StoreError):
     """The connection failed or closed before the answer arrived."""
+
+
+class StorageFailure(Exception):
+    """A backend could not do what it was asked: the disk refused a write or an fsync.
+
+    Raised by (or failing the Deferreds of) ``IStorageBackend`` methods; the server
+    answers ``storage_failed`` and goes on serving reads. A backend that raises it for a
+    write refuses further writes until it has repaired itself (see ``StoreBackend``).
+    """
+
+
+class OperationFailed(StorageFailure):
+    """A backend operation failed before it changed anything (a snapshot file that could
+    not be written): only that operation fails, and writes go on."""
 
 
 class RequestError(Exception):

@@ -46,7 +46,7 @@ class FrameScanner:
         position = self.start
         while True:
             try:
-                for body in decoder:
+                while (body := decoder.next_frame()) is not None:
                     offset = self.start + decoder.consumed - len(body) - FRAME_OVERHEAD
                     self.end = self.start + decoder.consumed
                     yield offset, body

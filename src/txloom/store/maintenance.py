@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from txloom.store.errors import OperationFailed
 from txloom.store.fact import FactMeta, InvalidFact, peek_fact
 from txloom.store.index import COOPERATIVE_ROWS, FactIndex
 from txloom.store.loader import IndexBuilder, scan_log
@@ -43,11 +44,13 @@ from txloom.store.snapshot import (
     LOG_KIND,
     SNAPSHOT_KIND,
     SNAPSHOT_NAME,
+    log_entry_header,
     log_name,
     read_entries,
     write_entries,
 )
 from txloom.store.threads import let_others_run
+from txloom.wire.crcjson import FRAME_OVERHEAD
 
 if TYPE_CHECKING:
     from txloom.store.backend import StoreBackend, TailEntry
@@ -167,13 +170,17 @@ class _Snapshot:
                 used.add(meta.id)
             numbered.append((seq, body, meta))
         numbered.sort(key=lambda entry: entry[0])
-        written = write_entries(
-            backend.directory,
-            SNAPSHOT_NAME,
-            SNAPSHOT_KIND,
-            ((seq, body) for seq, body, _meta in numbered),
-            count=len(numbered),
-        )
+        try:
+            written = write_entries(
+                backend.directory,
+                SNAPSHOT_NAME,
+                SNAPSHOT_KIND,
+                ((seq, body) for seq, body, _meta in numbered),
+                count=len(numbered),
+            )
+        except OSError as e:
+            # the old snapshot is still in place and nothing else was touched
+            raise OperationFailed(f"snapshot not written: {e}") from e
         vol = backend.volumes.add(written.volume)
         if next_seq != last + 1:
             backend.wal.rotate(next_seq - 1)  # positional numbers resume after the new facts
@@ -249,9 +256,26 @@ async def compact(backend: StoreBackend) -> dict[str, Any]:
             lambda: _start_segment(backend), lambda c: _cut_view(backend, c)
         )
         through, before, index, end, pinned, snapshot_vol, old_log = cut
-        relocated, vol, facts = await backend.run_maintenance(
-            _copy_log, backend, index, end, pinned, snapshot_vol, through
+        copied = await backend.run_maintenance(
+            _copy_log, backend, index, end, pinned, snapshot_vol, through, before
         )
+        if isinstance(copied, int):
+            report = {
+                "through": through,
+                "facts": copied,
+                "bytes_before": before,
+                "bytes_after": before,
+                "segments_removed": 0,
+                "compacted": False,
+                "seconds": time.monotonic() - started,
+            }
+            log.info(
+                "compaction through seq {through} skipped: the {facts} log facts would not "
+                "take less room than the {bytes_before} bytes they take now",
+                **report,
+            )
+            return report
+        relocated, vol, facts = copied
         live = backend.index
         if live is not index:  # pragma: no cover - maintenance runs one at a time
             raise RuntimeError("the index was replaced during a compaction")
@@ -264,6 +288,7 @@ async def compact(backend: StoreBackend) -> dict[str, Any]:
             through=through,
             facts=facts,
             bytes_before=before,
+            compacted=True,
             seconds=time.monotonic() - started,
         )
         log.info(
@@ -275,7 +300,8 @@ async def compact(backend: StoreBackend) -> dict[str, Any]:
 
 
 def _start_segment(backend: StoreBackend) -> tuple[int, int]:
-    """Writer thread: facts up to the cut are in segments that no longer change."""
+    """Writer thread: facts up to the cut are in segments that no longer change; the
+    bytes of the files the compacted log would replace (those segments, the old log)."""
     assert backend.wal is not None
     through = backend.next_seq - 1
     before = backend.wal.size
@@ -307,17 +333,34 @@ def _copy_log(  # noqa: PLR0917 - the view taken at the cut
     pinned: dict[int, Volume],
     snapshot_vol: int | None,
     through: int,
-) -> tuple[FactIndex, int, int]:
-    """Maintenance thread: write the compacted log; relocate its facts in a new index."""
+    before: int,
+) -> tuple[FactIndex, int, int] | int:
+    """Maintenance thread: write the compacted log; relocate its facts in a new index.
+
+    A compaction never makes the store larger: when the compacted log could take as
+    much room as the files it replaces (a log with nothing hidden or superseded in it:
+    each entry carries its number, a WAL frame does not), nothing is written and the
+    number of log facts is returned instead.
+    """
     assert backend.directory is not None
     vols = index.vols
+    sizes = index.sizes
     rows: array | range = range(end)
+    body_bytes = 0
     if snapshot_vol is not None:
         rows = array("q")  # not a list: a million ints take long to free, holding the GIL
         for start in range(0, end, COOPERATIVE_ROWS):
             stop = min(end, start + COOPERATIVE_ROWS)
-            rows.extend(r for r in range(start, stop) if vols[r] != snapshot_vol)
+            kept = [r for r in range(start, stop) if vols[r] != snapshot_vol]
+            rows.extend(kept)
+            body_bytes += sum(map(sizes.__getitem__, kept))
             let_others_run()
+    else:
+        for start in range(0, end, COOPERATIVE_ROWS):
+            body_bytes += sum(sizes[start : min(end, start + COOPERATIVE_ROWS)])
+    if compacted_size_bound(len(rows), body_bytes, through) >= before:
+        _release(pinned)
+        return len(rows)
     plan = ReplayPlan(index, rows, pinned, next_seq=through, body_bytes=0)  # owns the pins
     try:
         seqs = index.seqs
@@ -334,6 +377,13 @@ def _copy_log(  # noqa: PLR0917 - the view taken at the cut
         plan.close()
     vol = backend.volumes.add(written.volume)
     return index.relocated(rows, vol, written.offsets, upto=end), vol, len(rows)
+
+
+def compacted_size_bound(count: int, body_bytes: int, through: int) -> int:
+    """Most bytes a compacted log of ``count`` facts numbered up to ``through`` takes."""
+    header = len(log_entry_header(count, through)) + FRAME_OVERHEAD
+    entry = FRAME_OVERHEAD + len(b'{"seq":%d,"fact":}' % through)
+    return header + count * entry + body_bytes
 
 
 def _remove_replaced(

@@ -1,24 +1,25 @@
 """What each op does: validation, the call into the backend, the answer's shape.
 
-Handlers take the connection and the request and return the answer (a frame), a
-``ReplyStream``, a Deferred of either, or ``None`` when they answered themselves. Ops
-marked *barrier* run only after every earlier answer on the connection went out, so a
-``replay`` sent after ``write_fact`` on one connection sees that write.
+One handler per op declared in ``txloom.store.requests.OPS``, named after it. A handler
+takes the parsed ``Request`` and returns the answer (a frame), a ``ReplyStream``, a
+Deferred of either, or an intent (``CloseAfter``, ``Subscribe``, ``Authenticated``) that
+the session acts on; it never touches the connection.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 
+from txloom.interfaces import IReplayPlan, IStorageBackend
 from txloom.store import errors
+from txloom.store.config import StoreConfig
 from txloom.store.errors import RequestError
 from txloom.store.fact import InvalidFact, encode_fact, meta_of, normalize_fact
-from txloom.store.protocol import CloseAfter
-from txloom.store.replay import ReplayPlan
 from txloom.store.replies import (
     MISSING,
     OK,
@@ -28,32 +29,32 @@ from txloom.store.replies import (
     ok_frame,
     replay_envelope,
 )
+from txloom.store.requests import OPS, Authenticated, CloseAfter, Request, Subscribe
 
-if TYPE_CHECKING:
-    from txloom.store.protocol import StoreServerProtocol
-    from txloom.store.service import StoreServerFactory
+
+class ServerState(Protocol):
+    """What the handlers read of their server (``StoreServerFactory``), for ``stats``."""
+
+    backend: IStorageBackend
+    config: StoreConfig
+    hub: Any
+    connections: Any
+    facts_written: int
+    started: float
+
 
 __all__ = ["RequestRouter"]
 
 
-Handler = Callable[["StoreServerProtocol", dict[str, Any]], Any]
+Handler = Callable[[Request], Any]
 
 
-def _op(name: str, barrier: bool = False) -> Callable[[Handler], Handler]:
-    def mark(fn: Handler) -> Handler:
-        fn.op_name = name  # type: ignore[attr-defined]
-        fn.barrier = barrier  # type: ignore[attr-defined]
-        return fn
-
-    return mark
+def _rid(request: Request) -> Any:
+    return request.request_id
 
 
-def _rid(request: dict[str, Any]) -> Any:
-    return request.get("request_id", MISSING)
-
-
-def _stores(request: dict[str, Any]) -> list[str] | None:
-    stores = request.get("stores")
+def _stores(request: Request) -> list[str] | None:
+    stores = request["stores"]
     if stores is None:
         return None
     if not isinstance(stores, list) or not all(isinstance(s, str) for s in stores):
@@ -61,8 +62,8 @@ def _stores(request: dict[str, Any]) -> list[str] | None:
     return stores or None
 
 
-def _non_negative(request: dict[str, Any], name: str) -> int | None:
-    value = request.get(name)
+def _non_negative(request: Request, name: str) -> int | None:
+    value = request[name]
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -73,19 +74,17 @@ def _non_negative(request: dict[str, Any], name: str) -> int | None:
 class RequestRouter:
     """Maps op names to handlers for one server (one factory)."""
 
-    def __init__(self, factory: StoreServerFactory) -> None:
+    def __init__(self, factory: ServerState) -> None:
         self.factory = factory
         self.backend = factory.backend
         self.config = factory.config
-        self._handlers: dict[str, Handler] = {}
-        for name in dir(self):
-            fn = getattr(self, name)
-            op = getattr(fn, "op_name", None)
-            if op is not None:
-                self._handlers[op] = fn
+        #: One handler per declared op, bound by name (a missing one fails here, at once).
+        self._handlers: dict[str, Handler] = {name: getattr(self, name) for name in OPS}
 
-    def handler(self, op: Any) -> Handler | None:
-        return self._handlers.get(op) if isinstance(op, str) else None
+    def handle(self, request: Request) -> Any:
+        """The answer to ``request``, an intent, or a Deferred of one; raises
+        ``RequestError`` for a request the op refuses."""
+        return self._handlers[request.spec.name](request)
 
     # -- facts --------------------------------------------------------------------------
 
@@ -103,9 +102,8 @@ class RequestRouter:
             )
         return body, meta_of(fact)
 
-    @_op("write_fact")
-    def write_fact(self, conn: StoreServerProtocol, request: dict[str, Any]) -> defer.Deferred:
-        body, meta = self._fact(request.get("fact"))
+    def write_fact(self, request: Request) -> defer.Deferred:
+        body, meta = self._fact(request["fact"])
         request_id = _rid(request)
         frame = OK if request_id is MISSING else ok_frame(None, request_id)
         factory = self.factory
@@ -116,9 +114,8 @@ class RequestRouter:
 
         return self.backend.append(body, meta).addCallback(committed)
 
-    @_op("write_snapshot", barrier=True)
-    def write_snapshot(self, conn: StoreServerProtocol, request: dict[str, Any]) -> defer.Deferred:
-        facts = request.get("facts")
+    def write_snapshot(self, request: Request) -> defer.Deferred:
+        facts = request["facts"]
         if not isinstance(facts, list):
             raise RequestError(errors.INVALID_REQUEST, "facts must be a list of facts")
         encoded = [self._fact(f, f"facts[{i}]") for i, f in enumerate(facts)]
@@ -127,8 +124,7 @@ class RequestRouter:
             lambda _count: ok_frame(None, request_id)
         )
 
-    @_op("compact", barrier=True)
-    def compact(self, conn: StoreServerProtocol, request: dict[str, Any]) -> defer.Deferred:
+    def compact(self, request: Request) -> defer.Deferred:
         request_id = _rid(request)
 
         def done(report: dict[str, Any]) -> bytes:
@@ -139,20 +135,17 @@ class RequestRouter:
 
     # -- reading ------------------------------------------------------------------------
 
-    @_op("replay", barrier=True)
-    def replay(
-        self, conn: StoreServerProtocol, request: dict[str, Any]
-    ) -> ReplyStream | defer.Deferred:
+    def replay(self, request: Request) -> ReplyStream | defer.Deferred:
         stores = _stores(request)
         since = _non_negative(request, "since")
         limit = _non_negative(request, "limit")
         if limit == 0:
             raise RequestError(errors.INVALID_REQUEST, "limit must be at least 1")
         request_id = _rid(request)
-        if any(request.get(k) is not None for k in ("stores", "since", "limit")):
+        if any(request.given(k) for k in ("stores", "since", "limit")):
             budget = self.config.max_frame_size - envelope_size(request_id)
 
-            def first_page(plan: ReplayPlan) -> ReplyStream:
+            def first_page(plan: IReplayPlan) -> ReplyStream:
                 stream = self._stream(plan, True, request_id)
                 try:
                     stream.read_first()
@@ -167,7 +160,7 @@ class RequestRouter:
             )
         return self._stream(self.backend.plan_replay(), False, request_id)
 
-    def _stream(self, plan: ReplayPlan, paged: bool, request_id: Any) -> ReplyStream:
+    def _stream(self, plan: IReplayPlan, paged: bool, request_id: Any) -> ReplyStream:
         """The answer to a replay, read on the backend's reader threads as it goes out
         (built on whichever thread planned it; it touches nothing shared)."""
         max_frame = self.config.max_frame_size
@@ -185,7 +178,7 @@ class RequestRouter:
             suffix,
             self.backend.read,
             failure_frame=error_frame(
-                errors.INTERNAL_ERROR, "storage failure; see the server log", request_id
+                errors.STORAGE_FAILED, "storage failure; see the server log", request_id
             ),
         )
         if stream.length > max_frame:
@@ -198,20 +191,15 @@ class RequestRouter:
             )
         return stream
 
-    @_op("subscribe", barrier=True)
-    def subscribe(self, conn: StoreServerProtocol, request: dict[str, Any]) -> None:
-        stores = _stores(request)
-        since = _non_negative(request, "since")
-        conn.become_subscriber(stores, since)
+    def subscribe(self, request: Request) -> Subscribe:
+        return Subscribe(_stores(request), _non_negative(request, "since"))
 
     # -- connection ---------------------------------------------------------------------
 
-    @_op("ping")
-    def ping(self, conn: StoreServerProtocol, request: dict[str, Any]) -> bytes:
+    def ping(self, request: Request) -> bytes:
         return ok_frame({"pong": True}, _rid(request))
 
-    @_op("stats")
-    def stats(self, conn: StoreServerProtocol, request: dict[str, Any]) -> bytes:
+    def stats(self, request: Request) -> bytes:
         factory = self.factory
         backend = self.backend
         fields = {
@@ -222,16 +210,24 @@ class RequestRouter:
             "facts": backend.fact_count,
             "subscribers": len(factory.hub),
             "backend": backend.name,
-            "fsync": str(getattr(backend, "fsync", "n/a")) if backend.durable else "n/a",
+            "fsync": str(backend.fsync) if backend.durable else "n/a",
+            **backend.storage_status(),
         }
         return ok_frame(fields, _rid(request))
 
-    @_op("close")
-    def close(self, conn: StoreServerProtocol, request: dict[str, Any]) -> CloseAfter:
+    def close(self, request: Request) -> CloseAfter:
         return CloseAfter(ok_frame(None, _rid(request)))
 
-    @_op("auth")
-    def auth(self, conn: StoreServerProtocol, request: dict[str, Any]) -> bytes:
-        if not conn.check_token(request.get("token")):
-            raise RequestError(errors.UNAUTHORIZED, "wrong token", close=True)
-        return ok_frame(None, _rid(request))
+    def auth(self, request: Request) -> Authenticated:
+        expected = self.config.auth_token
+        token = request["token"]
+        if expected is not None:
+            try:
+                good = isinstance(token, str) and hmac.compare_digest(
+                    token.encode("utf-8"), expected.encode("utf-8")
+                )
+            except UnicodeEncodeError:  # a lone surrogate is no token
+                good = False
+            if not good:
+                raise RequestError(errors.UNAUTHORIZED, "wrong token", close=True)
+        return Authenticated(ok_frame(None, _rid(request)))

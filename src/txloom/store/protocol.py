@@ -1,22 +1,19 @@
-"""The store server's connection: bytes in, requests to the router, answers out in order.
+"""The store server's connection: the thin glue between a transport and a ``StoreSession``.
 
-This is the thin layer between a transport and ``txloom.store.ops``: it feeds the codec,
-keeps answers in request order while writes wait for their group commit, applies the
-per-connection limits, and switches the connection to push mode after ``subscribe``.
-
-Flow control runs both ways. The connection registers itself as its transport's push
-producer: when the peer stops reading and the transport's buffer fills, answers (and
-replay streams) wait and the connection stops reading new requests, so one slow peer
-costs a bounded amount of memory. Requests in flight per connection are capped too.
+Everything about requests and answers (order, barriers, the pipeline cap, auth, push
+mode, deadlines) is the session's (``txloom.store.session``); this protocol admits the
+connection, feeds the session the bytes it reads, writes what the session writes, and
+carries flow control both ways. It registers itself as its transport's push producer:
+when the peer stops reading and the transport's buffer fills, the session stops writing
+answers and stops reading requests, or, on a push connection, the subscriber queues its
+events (boundedly), so one slow peer costs a bounded amount of memory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
-import json
-from collections import deque
-from typing import TYPE_CHECKING, Any
+import typing
+from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -25,63 +22,40 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txloom.store import errors
-from txloom.store.backend import StorageFailure
-from txloom.store.replies import MISSING, ReplyStream, error_frame, ok_frame
+from txloom.store.replies import error_frame, ok_frame
+from txloom.store.session import SessionServer, StoreSession
 from txloom.store.subscriptions import Subscriber, SubscriberQueue
-from txloom.wire.crcjson import ObjectDecoder
-from txloom.wire.errors import FrameTooLarge, RemoteProtocolError
-
-if TYPE_CHECKING:
-    from txloom.store.ops import RequestRouter
-    from txloom.store.service import StoreServerFactory
-
-__all__ = ["CloseAfter", "StoreServerProtocol"]
-
-_INTERNAL = "internal error; see the server log"
-_AUTH_FIRST = "authenticate first: send op auth with the token"
 
 
-class CloseAfter:
-    """An answer after which the connection is closed (the ``close`` op)."""
+class ConnectionServer(SessionServer, typing.Protocol):
+    """What a connection asks of its server (``StoreServerFactory``) besides its session's
+    needs: a place among the connections, and the subscription hub."""
 
-    __slots__ = ("frame",)
+    hub: Any
 
-    def __init__(self, frame: bytes) -> None:
-        self.frame = frame
+    def admit(self, conn: StoreServerProtocol) -> bool: ...
+
+    def authenticated(self, conn: StoreServerProtocol) -> None: ...
+
+    def release(self, conn: StoreServerProtocol) -> None: ...
 
 
-class _Slot:
-    """One answer's place in the connection's answer order."""
-
-    __slots__ = ("close_after", "frame")
-
-    def __init__(self, frame: bytes | ReplyStream | None = None, close_after: bool = False):
-        self.frame = frame
-        self.close_after = close_after
+__all__ = ["StoreServerProtocol"]
 
 
 @implementer(IPushProducer)
 class StoreServerProtocol(Protocol):
     log = Logger()
 
-    factory: StoreServerFactory
+    factory: ConnectionServer
 
-    def __init__(self, factory: StoreServerFactory) -> None:
+    def __init__(self, factory: ConnectionServer) -> None:
         self.factory = factory
-        config = factory.config
-        self.router: RequestRouter = factory.router
-        self.decoder = ObjectDecoder(config.max_frame_size)
-        self.max_pipeline = config.max_pipeline
-        self.authenticated = config.auth_token is None
-        self.slots: deque[_Slot] = deque()
-        #: A request that must wait until every earlier answer is out (replay...).
-        self.held: dict[str, Any] | None = None
+        self.session: StoreSession | None = None
         self.subscriber: Subscriber | None = None
-        self.closing = False
-        self.lost = False
-        self.write_paused = False
-        self._reading_paused = False
-        self._counted = False
+        #: True while the factory counts this connection.
+        self.counted = False
+        self.authenticated = factory.config.auth_token is None
         self.peer = "?"
 
     # -- connection lifetime ------------------------------------------------------------
@@ -89,284 +63,94 @@ class StoreServerProtocol(Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer = str(getattr(peer, "host", "") or peer)
-        if not self.factory.admit(self):
-            self.closing = True
+        factory = self.factory
+        if not factory.admit(self):
+            limit = factory.config.max_connections
             self.transport.write(
-                error_frame(
-                    errors.OVERLOADED,
-                    f"connection limit of {self.factory.config.max_connections} reached",
-                )
+                error_frame(errors.OVERLOADED, f"connection limit of {limit} reached")
             )
             self.transport.loseConnection()  # no producer registered yet
             return
-        self._counted = True
+        self.counted = True
+        self.session = StoreSession(factory, self, self.peer)
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             with contextlib.suppress(OSError, AttributeError):
                 set_no_delay(True)
         self.transport.registerProducer(self, True)
-        if self.factory.draining:
+        if factory.draining:
             self.drain()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.closing = True
-        self.lost = True
+        if self.session is not None:
+            self.session.connection_lost()
         if self.subscriber is not None:
             self.factory.hub.remove(self.subscriber)
             self.subscriber.queue.stopProducing()
             self.subscriber = None
-        while self.slots:
-            frame = self.slots.popleft().frame
-            if isinstance(frame, ReplyStream):
-                frame.close()
-        if self._counted:
-            self._counted = False
+        if self.counted:
             self.factory.release(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.session is not None:
+            self.session.data_received(data)
+
+    @property
+    def closing(self) -> bool:
+        return self.session is None or self.session.closing
+
+    @property
+    def idle(self) -> bool:
+        return self.session is None or self.session.idle
+
+    def evict(self) -> None:
+        """Make room for a newcomer: this connection never authenticated."""
+        if self.session is not None:
+            self.session.evict()
 
     def drain(self) -> None:
         """Shutting down: read no more requests; answers in flight still go out."""
-        self._pause_reading()
-        if self.subscriber is not None:
-            self.lose_connection()
+        if self.session is not None:
+            self.session.drain()
 
     def lose_connection(self) -> None:
+        if self.session is not None:
+            self.session.lose()
+        else:
+            self.lose()
+
+    # -- SessionOutput (what the session asks of the connection) ------------------------
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self.transport.resumeProducing()
+
+    def lose(self) -> None:
         """Close once the buffered bytes are out.
 
         The producer must go first: Twisted keeps a connection with a registered
         producer open until that producer is unregistered.
         """
-        self.closing = True
         if self.connected:
             self.transport.unregisterProducer()
             self.transport.loseConnection()
 
-    @property
-    def idle(self) -> bool:
-        return not self.slots
+    def abort(self) -> None:
+        self.transport.abortConnection()
 
-    # -- IPushProducer (the transport's view of us) -------------------------------------
+    def became_authenticated(self) -> None:
+        self.authenticated = True
+        self.factory.authenticated(self)
 
-    def pauseProducing(self) -> None:
-        self.write_paused = True
-        if self.subscriber is not None:
-            self.subscriber.queue.pauseProducing()
-        else:
-            self._pause_reading()
+    def drained(self) -> None:
+        self.lose_connection()
 
-    def resumeProducing(self) -> None:
-        self.write_paused = False
-        if self.subscriber is not None:
-            self.subscriber.queue.resumeProducing()
-            return
-        self._flush()
-        self._maybe_resume_reading()
-
-    def stopProducing(self) -> None:
-        self.closing = True
-
-    def _pause_reading(self) -> None:
-        if not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pauseProducing()
-
-    def _maybe_resume_reading(self) -> None:
-        if (
-            self._reading_paused
-            and not self.write_paused
-            and not self.closing
-            and not self.factory.draining
-            and self.held is None
-            and len(self.slots) < self.max_pipeline
-        ):
-            self._reading_paused = False
-            self.transport.resumeProducing()
-
-    # -- requests -----------------------------------------------------------------------
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.closing:
-            return
-        self.decoder.receive_data(data)
-        self._process()
-
-    def _process(self) -> None:
-        decoder = self.decoder
-        while not self.closing and self.held is None and not self.factory.draining:
-            if len(self.slots) >= self.max_pipeline:
-                self._pause_reading()
-                return
-            try:
-                request = decoder.next_object()
-            except FrameTooLarge as e:
-                self._fail_stream(errors.FRAME_TOO_LARGE, str(e))
-                return
-            except RemoteProtocolError as e:
-                self._fail_stream(errors.BAD_FRAME, str(e))
-                return
-            if request is None:
-                return
-            if self.subscriber is not None:
-                if request.get("op") == "close":
-                    self.lose_connection()
-                continue  # a push connection reads and ignores everything else
-            self._dispatch(request)
-
-    def _fail_stream(self, code: str, message: str) -> None:
-        """The byte stream is broken: answer once (after earlier answers), then close."""
-        self.log.info(
-            "closing connection from {peer}: {code}: {message}",
-            peer=self.peer,
-            code=code,
-            message=message,
-        )
-        self.closing = True
-        self._answer(_Slot(error_frame(code, message), close_after=True))
-
-    def _dispatch(self, request: dict[str, Any]) -> None:
-        request_id = request.get("request_id", MISSING)
-        op = request.get("op")
-        if not self.authenticated and op != "auth":
-            self._refuse_unauthenticated(request_id)
-            return
-        handler = self.router.handler(op)
-        if handler is None:
-            shown = "nil" if op is None else _inspect(op)
-            self._answer(_Slot(error_frame(errors.UNKNOWN_OP, f"Unknown op: {shown}", request_id)))
-            return
-        if handler.barrier and self.slots:
-            self.held = request
-            self._pause_reading()
-            return
-        slot = _Slot()
-        self.slots.append(slot)
-        try:
-            result = handler(self, request)
-        except errors.RequestError as e:
-            self._error(slot, e.code, e.message, request_id, e.close)
-            return
-        except Exception:
-            self.log.failure("op {op!r} failed", op=op)
-            self._error(slot, errors.INTERNAL_ERROR, _INTERNAL, request_id)
-            return
-        if result is not None:  # None: the handler answered itself (subscribe)
-            self._settle(slot, result, request_id)
-
-    def _refuse_unauthenticated(self, request_id: Any) -> None:
-        self.closing = True
-        self._answer(
-            _Slot(
-                error_frame(errors.UNAUTHORIZED, _AUTH_FIRST, request_id),
-                close_after=True,
-            )
-        )
-
-    def check_token(self, token: Any) -> bool:
-        expected = self.factory.config.auth_token
-        if expected is None:
-            return True
-        ok = isinstance(token, str) and hmac.compare_digest(
-            token.encode("utf-8"), expected.encode("utf-8")
-        )
-        self.authenticated = self.authenticated or ok
-        return ok
-
-    # -- answers ------------------------------------------------------------------------
-
-    def _settle(self, slot: _Slot, result: Any, request_id: Any) -> None:
-        """``result`` is a frame, a ``ReplyStream``, or a Deferred firing with either."""
-        if isinstance(result, CloseAfter):
-            slot.close_after = True
-            self.closing = True
-            result = result.frame
-        if isinstance(result, bytes | ReplyStream):
-            self._settled(result, slot)
-            return
-        result.addCallbacks(self._settled, self._settle_failed, (slot,), None, (slot, request_id))
-
-    def _settled(self, frame: bytes | ReplyStream, slot: _Slot) -> None:
-        if isinstance(frame, ReplyStream):
-            if self.lost:
-                frame.close()  # the connection went while the plan was being made
-                return
-            frame.wake = self._stream_ready
-            frame.broken = self._stream_broken
-        slot.frame = frame
-        if self.slots and self.slots[0] is slot:
-            self._flush()
-
-    def _stream_ready(self) -> None:
-        """A replay stream read more: write it if it is the answer at the front."""
-        if not self.lost and self.slots and not self.write_paused:
-            self._flush()
-
-    def _stream_broken(self) -> None:
-        """A replay answer that was begun cannot be finished: the peer must not wait for
-        the rest of a frame, so the connection goes."""
-        self.closing = True
-        if not self.lost:
-            self.transport.abortConnection()
-
-    def _settle_failed(self, failure: Failure, slot: _Slot, request_id: Any) -> None:
-        if failure.check(errors.RequestError):
-            e = failure.value
-            self._error(slot, e.code, e.message, request_id, e.close)
-            return
-        self.log.failure("request failed", failure)
-        message = _INTERNAL
-        if failure.check(StorageFailure):
-            message = "storage failure; see the server log"
-        self._error(slot, errors.INTERNAL_ERROR, message, request_id)
-
-    def _error(
-        self, slot: _Slot, code: str, message: str, request_id: Any, close: bool = False
-    ) -> None:
-        slot.frame = error_frame(code, message, request_id)
-        if close:
-            slot.close_after = True
-            self.closing = True
-        if self.slots and self.slots[0] is slot:
-            self._flush()
-
-    def _answer(self, slot: _Slot) -> None:
-        self.slots.append(slot)
-        self._flush()
-
-    def _flush(self) -> None:
-        """Write the answers that are ready, in request order."""
-        slots = self.slots
-        write = self.transport.write
-        while slots and not self.write_paused:
-            slot = slots[0]
-            frame = slot.frame
-            if frame is None:
-                break
-            if isinstance(frame, ReplyStream):
-                if not frame.pump(write, self._is_write_paused):
-                    return
-            else:
-                write(frame)
-            slots.popleft()
-            if slot.close_after:
-                self.lose_connection()
-                return
-        if not slots:
-            if self.held is not None:
-                request, self.held = self.held, None
-                self._dispatch(request)
-                if self.held is None and not self.closing:
-                    self._process()
-            self._maybe_resume_reading()
-            if self.factory.draining:
-                self.factory.connection_idle(self)
-        elif len(slots) < self.max_pipeline:
-            self._maybe_resume_reading()
-
-    def _is_write_paused(self) -> bool:
-        return self.write_paused
-
-    # -- push mode ----------------------------------------------------------------------
-
-    def become_subscriber(self, stores: list[str] | None, since: int | None) -> None:
+    def start_push(self, stores: list[str] | None, since: int | None) -> None:
         """Register (before the ack goes out), ack, and turn into a push connection."""
         config = self.factory.config
         queue = SubscriberQueue(
@@ -378,16 +162,28 @@ class StoreServerProtocol(Protocol):
             close_timeout=config.overflow_close_timeout,
             close=self.lose_connection,
         )
-        queue.paused = self.write_paused
+        assert self.session is not None
+        queue.paused = self.session.write_paused
         subscriber = Subscriber(self.factory.hub, queue, stores, since)
         self.factory.hub.add(subscriber)
         self.subscriber = subscriber
-        self.slots.clear()  # subscribe is a barrier: nothing was left but its own slot
         self.transport.write(ok_frame())
         subscriber.start()
-        self._maybe_resume_reading()
 
+    # -- IPushProducer (the transport's view of us) -------------------------------------
 
-def _inspect(value: Any) -> str:
-    """The op as the reference server names it in ``Unknown op: ...``."""
-    return json.dumps(value, ensure_ascii=False)
+    def pauseProducing(self) -> None:
+        if self.subscriber is not None:
+            self.subscriber.queue.pauseProducing()
+        elif self.session is not None:
+            self.session.pause_writing()
+
+    def resumeProducing(self) -> None:
+        if self.subscriber is not None:
+            self.subscriber.queue.resumeProducing()
+        elif self.session is not None:
+            self.session.resume_writing()
+
+    def stopProducing(self) -> None:
+        if self.session is not None:
+            self.session.closing = True

@@ -13,14 +13,18 @@ Reading may block on the disk, so the server reads plans on its reader threads
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
+from typing import Any
 
+from zope.interface import implementer
+
+from txloom.interfaces import IReplayPlan
 from txloom.store.directory import Volume
 from txloom.store.index import FactIndex
 from txloom.store.threads import let_others_run
 
-__all__ = ["DEFAULT_BATCH_BYTES", "ReplayPlan"]
+__all__ = ["DEFAULT_BATCH_BYTES", "ReplayPlan", "select_and", "select_page"]
 
 #: Bytes of facts read and handed out per batch (one transport write, one pread or few).
 DEFAULT_BATCH_BYTES = 256 * 1024
@@ -30,6 +34,7 @@ DEFAULT_BATCH_BYTES = 256 * 1024
 _COALESCE_GAP = 64
 
 
+@implementer(IReplayPlan)
 class ReplayPlan:
     """The facts of one replay (or one page of it), in answer order."""
 
@@ -157,8 +162,55 @@ class ReplayPlan:
             total += s
         return total
 
+    def numbered_batches(self) -> Iterator[list[tuple[int, bytes]]]:
+        """``batches`` with each body's sequence number."""
+        seqs = self.index.seqs
+        rows = iter(self.rows)
+        for batch in self.batches():
+            yield [(seqs[next(rows)], body) for body in batch]
+
     def close(self) -> None:
         """Let go of the pinned volumes (idempotent)."""
         volumes, self._volumes = self._volumes, {}
         for volume in volumes.values():
             volume.release()
+
+
+def select_page(  # noqa: PLR0917 - runs on a reader thread with the reactor's view
+    index: FactIndex,
+    end: int,
+    pinned: dict[int, Any],
+    since: int,
+    stores: Iterable[str] | None,
+    limit: int | None,
+    budget: int,
+    scan_limit: int | None,
+    covered: int = 0,
+) -> ReplayPlan:
+    """The page plan over the first ``end`` rows of ``index`` (safe on any thread).
+
+    ``covered``: the newest number committed when those rows were taken; a last page
+    continues from there (facts after the last row may be hidden by the snapshot).
+    """
+    try:
+        store_ids = None if stores is None else index.store_ids(stores)
+        if store_ids is not None and not store_ids:
+            # none of the named stores has a fact: an empty page that covers the index
+            last = index.seqs[end - 1] if end else 0
+            for volume in pinned.values():
+                volume.release()
+            return ReplayPlan(index, [], {}, next_seq=max(since, last, covered), body_bytes=0)
+        rows, cursor, more = index.select(
+            since, store_ids, limit=limit, budget=budget, scan_limit=scan_limit, end=end
+        )
+    except BaseException:
+        for volume in pinned.values():
+            volume.release()
+        raise
+    if not more:
+        cursor = max(cursor, covered)
+    return ReplayPlan(index, rows, pinned, next_seq=cursor, more=more)
+
+
+def select_and(then: Callable[[ReplayPlan], Any], *args: Any) -> Any:
+    return then(select_page(*args))

@@ -22,9 +22,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txloom.interfaces import IReplayPlan
+from txloom.store.config import MAX_REQUEST_ID_BYTES
 from txloom.store.errors import error_response
-from txloom.store.replay import ReplayPlan
 from txloom.wire.crcjson import encode_object
+from txloom.wire.errors import LocalProtocolError
 
 __all__ = [
     "DEFAULT_READ_AHEAD",
@@ -35,6 +37,7 @@ __all__ = [
     "error_frame",
     "ok_frame",
     "replay_envelope",
+    "request_id_problem",
 ]
 
 _U32 = struct.Struct(">I")
@@ -83,14 +86,33 @@ def ok_frame(fields: dict[str, Any] | None = None, request_id: Any = MISSING) ->
 
 
 def error_frame(code: str, message: str, request_id: Any = MISSING) -> bytes:
+    """The error answer; a message quoting what the peer sent (a lone surrogate, say)
+    is escaped rather than left unanswerable."""
     body = error_response(code, message)
     if request_id is not MISSING:
         body["request_id"] = request_id
-    return encode_object(body)
+    try:
+        return encode_object(body)
+    except LocalProtocolError:
+        body["error"] = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return encode_object(body)
+
+
+def request_id_problem(request_id: Any) -> str | None:
+    """Why ``request_id`` cannot be echoed (not finite, not UTF-8, too long), or None."""
+    try:
+        text = json.dumps(request_id, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        size = len(text.encode("utf-8"))
+    except (TypeError, ValueError) as e:
+        kind = "a non-finite number" if "Out of range" in str(e) else "not valid UTF-8 JSON"
+        return f"request_id cannot be echoed: it is {kind}"
+    if size > MAX_REQUEST_ID_BYTES:
+        return f"request_id of {size} bytes is above the limit of {MAX_REQUEST_ID_BYTES}"
+    return None
 
 
 def replay_envelope(
-    plan: ReplayPlan, paged: bool, request_id: Any = MISSING
+    plan: IReplayPlan, paged: bool, request_id: Any = MISSING
 ) -> tuple[bytes, bytes]:
     """The bytes before and after the facts of a replay answer."""
     suffix = b"]"
@@ -105,7 +127,7 @@ def envelope_size(request_id: Any = MISSING) -> int:
     return len(largest) + len(_request_id_suffix(request_id))
 
 
-def frame_pieces(plan: ReplayPlan, prefix: bytes, suffix: bytes, length: int) -> Iterator[bytes]:
+def frame_pieces(plan: IReplayPlan, prefix: bytes, suffix: bytes, length: int) -> Iterator[bytes]:
     """The frame ``length | prefix facts,... suffix | crc`` in pieces (reads the disk)."""
     crc = zlib.crc32(prefix)
     held = _U32.pack(length) + prefix
@@ -152,7 +174,7 @@ class ReplyStream:
 
     def __init__(
         self,
-        plan: ReplayPlan,
+        plan: IReplayPlan,
         prefix: bytes,
         suffix: bytes,
         read: Reader = read_inline,

@@ -21,8 +21,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txloom import extensions
+from txloom.interfaces import IStorageBackend, IStorageBackendFactory
 from txloom.shutdown import stop_and_exit
-from txloom.store.backend import StoreBackend, file_backend, memory_backend
 from txloom.store.config import StoreConfig
 from txloom.store.directory import DataDirectoryLocked
 from txloom.store.ops import RequestRouter
@@ -36,18 +37,13 @@ class StoreStartError(RuntimeError):
     """The server cannot start (port in use, data directory locked, damaged files)."""
 
 
-def make_backend(config: StoreConfig, reactor: Any) -> StoreBackend:
-    if config.backend == "memory":
-        return memory_backend(reactor, config.max_frame_size)
-    if config.backend == "file":
-        return file_backend(
-            reactor,
-            config.data_dir,
-            config.fsync,
-            config.max_frame_size,
-            reader_threads=config.reader_threads,
-        )
-    raise ValueError(f"unknown backend {config.backend!r} (file or memory)")
+def make_backend(config: StoreConfig, reactor: Any) -> IStorageBackend:
+    """The backend ``config.backend`` names, built by its installed factory."""
+    factory = extensions.available(IStorageBackendFactory).get(config.backend)
+    if factory is None:
+        installed = ", ".join(extensions.available(IStorageBackendFactory)) or "none"
+        raise ValueError(f"unknown backend {config.backend!r} (installed: {installed})")
+    return factory.backend(reactor, config, config.backend_options)
 
 
 class StoreServerFactory(Factory):
@@ -55,13 +51,17 @@ class StoreServerFactory(Factory):
 
     log = Logger()
 
-    def __init__(self, backend: StoreBackend, config: StoreConfig, clock: Any) -> None:
+    def __init__(self, backend: IStorageBackend, config: StoreConfig, clock: Any) -> None:
         self.backend = backend
         self.config = config
         self.clock = clock
         self.hub = SubscriptionHub(backend, clock)
         self.router = RequestRouter(self)
         self.connections: set[StoreServerProtocol] = set()
+        #: Connections that have not authenticated yet, oldest first.
+        self.unauthenticated: dict[StoreServerProtocol, None] = {}
+        #: Bytes of unfinished frames held across all connections.
+        self.partial_bytes = 0
         self.facts_written = 0
         self.started = time.monotonic()
         self.ready = False
@@ -73,7 +73,25 @@ class StoreServerFactory(Factory):
         return StoreServerProtocol(self)
 
     def admit(self, conn: StoreServerProtocol) -> bool:
-        if len(self.connections) >= self.config.max_connections:
+        """Take ``conn`` in, or refuse it (``overloaded``) at the connection cap.
+
+        A connection that has not authenticated never keeps a newcomer out: past
+        either cap, the oldest of them makes room (it may hold a slot for at most the
+        auth timeout anyway), so a client with the token always gets in.
+        """
+        config = self.config
+        full = len(self.connections) >= config.max_connections
+        if not conn.authenticated and len(self.unauthenticated) >= config.max_unauthenticated:
+            full = True
+        if full and self.unauthenticated:
+            oldest = next(iter(self.unauthenticated))
+            self.log.info(
+                "closing unauthenticated connection from {peer} to make room",
+                peer=oldest.peer,
+            )
+            self.release(oldest)
+            oldest.evict()
+        elif full:
             self.log.warn(
                 "refused a connection from {peer}: {n} connections open (limit)",
                 peer=conn.peer,
@@ -81,13 +99,22 @@ class StoreServerFactory(Factory):
             )
             return False
         self.connections.add(conn)
+        if not conn.authenticated:
+            self.unauthenticated[conn] = None
         if not self.ready:
             # recovery still running: hold the connection's requests until it is done
             conn.transport.pauseProducing()
             self._waiting.append(conn)
         return True
 
+    def authenticated(self, conn: StoreServerProtocol) -> None:
+        self.unauthenticated.pop(conn, None)
+
     def release(self, conn: StoreServerProtocol) -> None:
+        if conn not in self.connections:
+            return
+        conn.counted = False
+        self.unauthenticated.pop(conn, None)
         self.connections.discard(conn)
         if self._all_closed is not None and not self.connections:
             d, self._all_closed = self._all_closed, None
@@ -99,10 +126,6 @@ class StoreServerFactory(Factory):
         for conn in waiting:
             if conn.connected:
                 conn.transport.resumeProducing()
-
-    def connection_idle(self, conn: StoreServerProtocol) -> None:
-        """Called while draining when a connection has no answer left to send."""
-        conn.lose_connection()
 
     async def drain(self, timeout: float) -> None:
         """Stop reading, commit and answer what was taken, close every connection."""
@@ -148,7 +171,9 @@ class StoreService(MultiService):
 
     ``ready`` fires with the listening addresses once the server answers requests (or
     fails with ``StoreStartError``). With ``exit_on_failure`` (under twistd) a start
-    failure logs one line and ends the process with status 1.
+    failure logs one line and ends the process with status 1. ``backend`` (any
+    ``IStorageBackend``) is used as given; without it, the one ``config.backend`` names
+    is built by its factory.
     """
 
     log = Logger()
@@ -158,6 +183,7 @@ class StoreService(MultiService):
         config: StoreConfig,
         reactor: Any = None,
         *,
+        backend: IStorageBackend | None = None,
         exit_on_failure: bool = False,
     ) -> None:
         super().__init__()
@@ -166,7 +192,7 @@ class StoreService(MultiService):
         self.reactor = reactor
         self.config = config
         self.exit_on_failure = exit_on_failure
-        self.backend = make_backend(config, reactor)
+        self.backend = backend if backend is not None else make_backend(config, reactor)
         self.factory = StoreServerFactory(self.backend, config, reactor)
         self.ports: list[IListeningPort] = []
         self.addresses: list[str] = []
@@ -197,9 +223,7 @@ class StoreService(MultiService):
                     )
                 self.ports.append(result[0])
                 self.addresses.append(describe_address(description, result[0]))
-            prepare = getattr(self.backend, "prepare", None)
-            if prepare is not None:  # open and lock the data directory now
-                prepare()
+            self.backend.prepare()  # open and lock the data directory now
         except (StoreStartError, DataDirectoryLocked, OSError, ValueError) as e:
             for port in self.ports:
                 port.stopListening()
@@ -222,43 +246,26 @@ class StoreService(MultiService):
         self._starting = defer.Deferred.fromCoroutine(self._open())
 
     async def _open(self) -> None:
-        config = self.config
+        backend = self.backend
         self.log.info(
             "storeserver: backend {backend} in {where}, fsync {fsync}, frame limit {frame} bytes",
-            backend=config.backend,
-            where=config.data_dir if config.backend == "file" else "memory",
-            fsync=str(config.fsync) if config.backend == "file" else "n/a",
-            frame=config.max_frame_size,
+            backend=backend.name,
+            where=backend.location,
+            fsync=str(backend.fsync) if backend.durable else "n/a",
+            frame=self.config.max_frame_size,
         )
         try:
-            loaded = await self.backend.open()
+            summary = await backend.open()
         except Exception as e:
             self.log.failure("recovery failed")
-            reason = f"recovery of {config.data_dir} failed: {e}"
+            reason = f"recovery of {backend.location} failed: {e}"
             if self.exit_on_failure:
                 self.log.critical("storeserver cannot start: {reason}", reason=reason)
                 stop_and_exit(self.reactor, 1)
             if not self.ready.called:
                 self.ready.errback(StoreStartError(reason))
             return
-        report = loaded.report
-        self.log.info(
-            "recovered {facts} facts (last seq {last}) in {ms:.0f} ms: {frames} WAL frames in "
-            "{segments} segments ({size} bytes), {snapshot} snapshot facts"
-            "{cut}",
-            facts=len(loaded.index),
-            last=loaded.next_seq - 1,
-            ms=loaded.seconds * 1000,
-            frames=report.frames,
-            segments=report.segments,
-            size=report.bytes,
-            snapshot=loaded.snapshot_rows,
-            cut=(
-                f"; cut {report.cut_bytes} damaged bytes, salvaged {len(report.salvaged)} facts"
-                if report.cut_bytes
-                else ""
-            ),
-        )
+        self.log.info("{summary}", summary=summary)
         self.factory.set_ready()
         for address in self.addresses:
             self.log.info("storeserver listening on {address}", address=address)

@@ -82,6 +82,11 @@ def _header(kind: str, count: int, through: int) -> bytes:
     )
 
 
+def log_entry_header(count: int, through: int) -> bytes:
+    """The header body of a compacted log of ``count`` facts numbered up to ``through``."""
+    return _header(LOG_KIND, count, through)
+
+
 def write_entries(
     directory: Directory,
     name: str,

@@ -24,9 +24,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txloom.store.backend import Committed, StoreBackend
+from txloom.interfaces import IReplayPlan, IStorageBackend
 from txloom.store.config import SlowSubscriberPolicy
-from txloom.store.replay import ReplayPlan
 from txloom.wire.crcjson import encode_frame
 
 __all__ = ["Subscriber", "SubscriberQueue", "SubscriptionHub", "event_frame", "overflow_frame"]
@@ -48,12 +47,12 @@ def overflow_frame(dropped: int) -> bytes:
     return encode_frame(b'{"event":"overflow","dropped":%d}' % dropped)
 
 
-def catch_up_events(plan: ReplayPlan) -> tuple[bytes, int, bool]:
+def catch_up_events(plan: IReplayPlan) -> tuple[bytes, int, bool]:
     """The plan's facts as push events (on a reader thread): frames, ``next``, ``more``."""
     try:
-        seqs = plan.index.seqs
-        rows = iter(plan.rows)
-        frames = [event_frame(seqs[next(rows)], body) for batch in plan.batches() for body in batch]
+        frames = [
+            event_frame(seq, body) for batch in plan.numbered_batches() for seq, body in batch
+        ]
         return b"".join(frames), plan.next, plan.more
     finally:
         plan.close()
@@ -224,7 +223,7 @@ class Subscriber:
         if frames:
             queue.transport.write(frames)
         self.cursor = max(self.cursor, next_seq)
-        if not more and self.hub.backend.index.last_seq <= self.cursor:
+        if not more and self.hub.backend.last_seq <= self.cursor:
             # Nothing stored is left above the cursor, and this runs on the reactor
             # thread, where commits are published: from here on, live events continue
             # the stream exactly where the catch-up ended.
@@ -246,7 +245,7 @@ class SubscriptionHub:
 
     log = Logger()
 
-    def __init__(self, backend: StoreBackend, clock: Any) -> None:
+    def __init__(self, backend: IStorageBackend, clock: Any) -> None:
         self.backend = backend
         self.clock = clock
         self._by_store: dict[str, set[Subscriber]] = {}
@@ -280,7 +279,7 @@ class SubscriptionHub:
     def close(self) -> None:
         self.backend.remove_listener(self._committed)
 
-    def _committed(self, batch: Sequence[Committed]) -> None:
+    def _committed(self, batch: Sequence[Any]) -> None:
         everyone = self._all
         by_store = self._by_store
         if not everyone and not by_store:

@@ -18,15 +18,23 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from txloom import extensions
+from txloom.interfaces import IStorageBackendFactory
 from txloom.shutdown import CleanExitOnSignal
 from txloom.store.config import (
+    DEFAULT_AUTH_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LISTEN,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_PARTIAL_BYTES,
     DEFAULT_MAX_PIPELINE,
+    DEFAULT_MAX_UNAUTHENTICATED,
     DEFAULT_OVERFLOW_CLOSE_TIMEOUT,
     DEFAULT_READER_THREADS,
+    DEFAULT_STORAGE_RETRY_MAX,
     DEFAULT_SUBSCRIBER_MAX_BYTES,
     DEFAULT_SUBSCRIBER_MAX_EVENTS,
     FsyncPolicy,
@@ -34,6 +42,7 @@ from txloom.store.config import (
     StoreConfig,
 )
 from txloom.store.service import StoreService
+from txloom.wire.crcjson import FRAME_OVERHEAD
 
 __all__ = ["Options", "makeService"]
 
@@ -69,7 +78,7 @@ def _positive_float(name: str) -> Any:
 
 
 class Options(usage.Options):
-    synopsis = "[--listen ENDPOINT]... [--data DIR] [--backend file|memory] [options]"
+    synopsis = "[--listen ENDPOINT]... [--data DIR] [--backend NAME] [options]"
     longdesc = (
         "Durable fact store server speaking the Igniter store wire protocol (CRC32-framed "
         "JSON). Facts are appended to a write-ahead log in --data and acknowledged once "
@@ -90,8 +99,9 @@ class Options(usage.Options):
             "backend",
             "b",
             "file",
-            "Where facts live: 'file' (WAL and snapshots in --data, survives restarts) or "
-            "'memory' (same protocol, nothing kept after exit).",
+            "Where facts live, by the name of an installed storage backend: "
+            + extensions.describe(IStorageBackendFactory)
+            + ". Packages add more as Twisted plugins (docs/extending.md).",
         ],
         [
             "fsync",
@@ -123,6 +133,48 @@ class Options(usage.Options):
             DEFAULT_MAX_PIPELINE,
             "Requests one connection may have unanswered before the server stops reading from it.",
             _positive_int("max-pipeline"),
+        ],
+        [
+            "max-unauthenticated",
+            None,
+            DEFAULT_MAX_UNAUTHENTICATED,
+            "Connections that have not authenticated yet (with --auth-token-file). Past this, "
+            "or at --max-connections, the oldest of them is closed to make room, so a client "
+            "with the token always gets in.",
+            _positive_int("max-unauthenticated"),
+        ],
+        [
+            "max-partial-bytes",
+            None,
+            DEFAULT_MAX_PARTIAL_BYTES,
+            "Bytes of unfinished frames held across all connections; the connection whose "
+            "bytes would pass it is answered 'overloaded' and closed. At least "
+            "--max-frame-size plus 8.",
+            _positive_int("max-partial-bytes"),
+        ],
+        [
+            "auth-timeout",
+            None,
+            DEFAULT_AUTH_TIMEOUT,
+            "Seconds a connection has to authenticate (with --auth-token-file) before it "
+            "is answered 'unauthorized' and closed.",
+            _positive_float("auth-timeout"),
+        ],
+        [
+            "idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds a connection may send nothing while nothing is in flight before it is "
+            "closed (push connections excepted).",
+            _positive_float("idle-timeout"),
+        ],
+        [
+            "frame-timeout",
+            None,
+            DEFAULT_FRAME_TIMEOUT,
+            "Seconds a frame may take from its first byte to its last before the "
+            "connection is answered 'bad_frame' and closed.",
+            _positive_float("frame-timeout"),
         ],
         [
             "auth-token-file",
@@ -171,6 +223,15 @@ class Options(usage.Options):
             _positive_int("reader-threads"),
         ],
         [
+            "storage-retry-max",
+            None,
+            DEFAULT_STORAGE_RETRY_MAX,
+            "After a write or fsync failed (a full disk), writes are refused while the server "
+            "tries to repair the end of the log, first after 0.1 s, then doubling the pause up "
+            "to this many seconds; writes resume once a try succeeds.",
+            _positive_float("storage-retry-max"),
+        ],
+        [
             "drain-timeout",
             None,
             DEFAULT_DRAIN_TIMEOUT,
@@ -182,6 +243,13 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["backend-option"] = []
+
+    def opt_backend_option(self, word: str) -> None:
+        """KEY=VALUE setting of the chosen backend (repeat for several), e.g.
+        --backend sqlite --backend-option path=facts.db; see that backend's docs.
+        """
+        self["backend-option"].append(word)
 
     def opt_listen(self, description: str) -> None:
         """Twisted endpoint to listen on; repeat for several (TCP, Unix, TLS), e.g.
@@ -202,14 +270,21 @@ class Options(usage.Options):
                 serverFromString(reactor, description)
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError(f"--listen {description!r}: {e}") from None
-        if self["backend"] not in ("file", "memory"):
-            raise usage.UsageError(f"--backend must be file or memory, not {self['backend']!r}")
+        backend = extensions.choose(IStorageBackendFactory, self["backend"], "--backend")
+        backend_options = extensions.parse_options(
+            backend, self["backend-option"], "--backend-option"
+        )
         try:
             fsync = FsyncPolicy.parse(self["fsync"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         if self["max-frame-size"] < MIN_FRAME_SIZE:
             raise usage.UsageError(f"--max-frame-size must be at least {MIN_FRAME_SIZE}")
+        if self["max-partial-bytes"] < self["max-frame-size"] + FRAME_OVERHEAD:
+            raise usage.UsageError(
+                "--max-partial-bytes must be at least --max-frame-size plus 8, or no "
+                "frame of the largest size could ever be received"
+            )
         if self["slow-subscriber"] not in SlowSubscriberPolicy.ALL:
             raise usage.UsageError(
                 f"--slow-subscriber must be disconnect or skip, not {self['slow-subscriber']!r}"
@@ -227,10 +302,16 @@ class Options(usage.Options):
             listen=list(self["listen"]),
             data_dir=self["data"],
             backend=self["backend"],
+            backend_options=backend_options,
             fsync=fsync,
             max_frame_size=self["max-frame-size"],
             max_connections=self["max-connections"],
             max_pipeline=self["max-pipeline"],
+            max_unauthenticated=self["max-unauthenticated"],
+            max_partial_bytes=self["max-partial-bytes"],
+            auth_timeout=self["auth-timeout"],
+            idle_timeout=self["idle-timeout"],
+            frame_timeout=self["frame-timeout"],
             auth_token=token,
             subscriber_max_events=self["subscriber-max-events"],
             subscriber_max_bytes=self["subscriber-max-bytes"],
@@ -238,6 +319,7 @@ class Options(usage.Options):
             overflow_close_timeout=self["overflow-close-timeout"],
             drain_timeout=self["drain-timeout"],
             reader_threads=self["reader-threads"],
+            storage_retry_max=self["storage-retry-max"],
         )
 
 

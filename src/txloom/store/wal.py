@@ -72,6 +72,9 @@ class WriteAheadLog:
         self.volumes = volumes
         self.max_frame_size = max_frame_size
         self.segments: list[Segment] = []
+        # Set while the active segment may end in bytes of a failed append.
+        self._dirty = False
+        self._good_size = 0
 
     @property
     def active(self) -> Segment:
@@ -162,18 +165,28 @@ class WriteAheadLog:
         if not self.segments or self.next_seq != next_seq:
             self.rotate(next_seq - 1)
 
-    def append(self, frames: bytes, count: int) -> tuple[int, int]:
-        """Write ``count`` whole frames at the end; ``(vol_id, offset)`` of the first.
+    def append(self, frames: bytes, count: int, sync: bool = False) -> tuple[int, int]:
+        """Write ``count`` whole frames at the end (and fsync them with ``sync``);
+        ``(vol_id, offset)`` of the first.
 
         On failure the segment is cut back to where it was, so that no partial frame is
-        left for later appends to hide behind.
+        left for later appends to hide behind; if even the cut fails (the disk is gone),
+        the log stays *dirty* and ``restore`` must succeed before the next append.
         """
+        if self._dirty:
+            raise OSError("the log has unrepaired bytes at its end; restore() it first")
         segment = self.active
-        before = segment.volume.size
+        volume = segment.volume
+        before = volume.size
         try:
-            offset = segment.volume.append(frames)
+            offset = volume.append(frames)
+            if sync:
+                volume.sync()
         except BaseException:
-            segment.volume.truncate(before)
+            self._dirty = True
+            self._good_size = before
+            volume.truncate(before)
+            self._dirty = False
             raise
         segment.count += count
         return segment.vol_id, offset
@@ -181,6 +194,22 @@ class WriteAheadLog:
     def sync(self) -> None:
         if self.segments:
             self.active.volume.sync()
+
+    def restore(self) -> None:
+        """After a failed write: cut the active segment back to its last whole frame and
+        make it durable; raises while the disk still refuses.
+
+        An fsync that failed may have dropped pages the kernel never wrote, so the bytes
+        before the cut are synced again too, before the log takes new appends.
+        """
+        if not self.segments:
+            return
+        volume = self.active.volume
+        if self._dirty:
+            volume.truncate(self._good_size)
+            self._dirty = False
+        volume.sync()
+        self.directory.sync()
 
     def rotate(self, base: int) -> None:
         """Start ``wal-<base>.log``; earlier segments become read-only."""

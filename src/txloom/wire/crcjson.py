@@ -4,8 +4,13 @@ A frame is ``u32 BE length | body | u32 BE CRC-32 of body``; the body is one UTF
 object. There is no magic and no version byte, so the only defences against a confused or
 hostile peer are the length limit, the checksum and strict JSON parsing; all three are here.
 
-``FrameDecoder`` yields raw bodies (the WAL reader needs them to keep byte offsets and to
-skip JSON parsing when it only scans), ``ObjectDecoder`` yields parsed objects.
+Both decoders have the shape of every txloom decoder (``txloom.wire.decoder``):
+``receive_data``, then ``next_event``. ``FrameDecoder`` gives ``Frame`` events, raw bodies
+(the WAL reader needs them to keep byte offsets and to skip JSON parsing when it only
+scans); ``ObjectDecoder`` gives ``JSONObject`` events. Errors a peer can cause are
+``RemoteProtocolError``s: ``FrameTooLarge`` (from the length prefix alone),
+``BadChecksum``, ``BadJSON``, ``NotAnObject``, ``TruncatedFrame`` (a stream that ends
+inside a frame).
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from txloom.wire.decoder import NEED_DATA, Decoder, ReceiveBuffer
 from txloom.wire.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -24,8 +31,10 @@ __all__ = [
     "BadChecksum",
     "BadJSON",
     "CrcJsonError",
+    "Frame",
     "FrameDecoder",
     "FrameTooLarge",
+    "JSONObject",
     "NotAnObject",
     "ObjectDecoder",
     "decode_body",
@@ -39,10 +48,6 @@ DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 
 #: Bytes a frame adds around its body: the length prefix and the checksum.
 FRAME_OVERHEAD = 8
-
-#: Once this many consumed bytes sit at the front of the buffer, they are dropped. Smaller
-#: values copy more often; larger ones keep more dead bytes alive.
-_COMPACT_THRESHOLD = 64 * 1024
 
 _U32 = struct.Struct(">I")
 
@@ -86,9 +91,9 @@ def encode_body(obj: Mapping[str, Any]) -> bytes:
     """Serialise ``obj`` as compact UTF-8 JSON; NaN and infinities are refused."""
     try:
         text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as e:
+        return text.encode("utf-8")
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError (lone surrogates) included
         raise LocalProtocolError(f"cannot encode as JSON: {e}") from e
-    return text.encode("utf-8")
 
 
 def encode_object(obj: Mapping[str, Any], max_frame_size: int | None = None) -> bytes:
@@ -131,82 +136,70 @@ def _json_kind(value: object) -> str:
     return "number"
 
 
-class FrameDecoder:
-    """Incremental frame parser: feed any split of the byte stream, take whole bodies out.
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One whole, checksummed frame body (not parsed)."""
 
-    After an error the decoder is broken for good: the stream has no resynchronisation
-    point, so every later call raises the same error.
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JSONObject:
+    """One frame body parsed as a JSON object."""
+
+    value: dict[str, Any]
+
+
+class FrameDecoder(Decoder):
+    """``Frame`` events from any split of the byte stream (see ``txloom.wire.decoder``).
+
+    ``max_frame_size`` is checked on the length prefix, before the body is buffered; it
+    may be raised or lowered between frames (the store server lets a connection send
+    large frames only once it authenticated).
     """
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        super().__init__()
         self.max_frame_size = max_frame_size
         #: Bytes of whole frames handed out so far (the offset of the next frame).
         self.consumed = 0
-        self._buffer = bytearray()
-        self._pos = 0
-        self._error: RemoteProtocolError | None = None
 
-    @property
-    def pending(self) -> int:
-        """Bytes received but not yet part of a returned frame."""
-        return len(self._buffer) - self._pos
+    def _decode(self, buffer: ReceiveBuffer) -> Any:
+        body = self._body(buffer)
+        return NEED_DATA if body is None else Frame(body)
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Append bytes from the peer; parsing happens in ``next_frame``."""
-        if self._error is None:
-            self._buffer += data
-
-    def next_frame(self) -> bytes | None:
-        """The next whole body, or ``None`` until more bytes arrive."""
-        if self._error is not None:
-            raise self._error
-        buf = self._buffer
-        pos = self._pos
-        available = len(buf) - pos
-        if available < 4:
+    def _body(self, buffer: ReceiveBuffer) -> bytes | None:
+        head = buffer.unpack(_U32)
+        if head is None:
             return None
-        (size,) = _U32.unpack_from(buf, pos)
+        size = head[0]
         if size > self.max_frame_size:
-            self._error = FrameTooLarge(size, self.max_frame_size)
-            raise self._error
-        end = pos + 4 + size
-        if len(buf) < end + 4:
+            raise FrameTooLarge(size, self.max_frame_size)
+        trailer = buffer.unpack(_U32, 4 + size)
+        if trailer is None:
             return None
-        body = bytes(memoryview(buf)[pos + 4 : end])
-        (expected,) = _U32.unpack_from(buf, end)
+        body = buffer.take(size, skip=4)
+        buffer.skip(4)
         actual = zlib.crc32(body) & 0xFFFFFFFF
-        if actual != expected:
-            self._error = BadChecksum(expected, actual)
-            raise self._error
-        self._pos = end + 4
+        if actual != trailer[0]:
+            raise BadChecksum(trailer[0], actual)
         self.consumed += size + FRAME_OVERHEAD
-        if self._pos >= _COMPACT_THRESHOLD:
-            del buf[: self._pos]
-            self._pos = 0
         return body
 
-    def __iter__(self) -> Iterator[bytes]:
-        """Every whole body buffered so far."""
-        while (body := self.next_frame()) is not None:
-            yield body
+    def next_frame(self) -> bytes | None:
+        """The next body itself, or None until more bytes arrive (or at a clean end)."""
+        event = self.next_event()
+        return event.body if isinstance(event, Frame) else None
 
 
-class ObjectDecoder:
-    """Incremental decoder of framed JSON objects (what the store protocol reads)."""
+class ObjectDecoder(FrameDecoder):
+    """``JSONObject`` events: what the store protocol and its clients read."""
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
-        self.frames = FrameDecoder(max_frame_size)
-
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        self.frames.receive_data(data)
+    def _decode(self, buffer: ReceiveBuffer) -> Any:
+        body = self._body(buffer)
+        return NEED_DATA if body is None else JSONObject(decode_body(body))
 
     def next_object(self) -> dict[str, Any] | None:
-        """The next whole object, ``None`` until more bytes arrive; errors are raised."""
-        body = self.frames.next_frame()
-        if body is None:
-            return None
-        return decode_body(body)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while (obj := self.next_object()) is not None:
-            yield obj
+        """The next object itself, or None until more bytes arrive (or at a clean end)."""
+        event = self.next_event()
+        return event.value if isinstance(event, JSONObject) else None

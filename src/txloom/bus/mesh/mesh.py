@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txloom.bus.errors import NodeUUIDMismatch
+from txloom.bus.mesh.clients import CLIENT_BACKLOG_LIMIT, ClientHub, SlowClientPolicy
 from txloom.bus.mesh.dialer import DialerState, PeerDialer
 from txloom.bus.mesh.peer import (
     CLOSE_GOING_AWAY,
@@ -139,6 +140,9 @@ class WebSocketMesh:
         withdraw_timeout: float = WITHDRAW_TIMEOUT,
         tls_trust_roots: str | None = None,
         seen_capacity: int = DEFAULT_SEEN_CAPACITY,
+        client_backlog_limit: int = CLIENT_BACKLOG_LIMIT,
+        slow_client_policy: SlowClientPolicy | str = SlowClientPolicy.DROP,
+        as_client: bool = False,
         reactor: IReactorTime | None = None,
     ) -> None:
         if not path.startswith("/"):
@@ -165,6 +169,16 @@ class WebSocketMesh:
         self.reconnect_max = reconnect_max
         self.withdraw_timeout = withdraw_timeout
         self.tls_trust_roots = tls_trust_roots
+        #: This mesh is a bus client's link to one node (``txloom.bus.client``), not a node.
+        self.as_client = as_client
+        #: The scripts attached to this node (``None`` for a client's own link).
+        self.clients = (
+            None
+            if as_client
+            else ClientHub(
+                self, backlog_limit=client_backlog_limit, slow_client_policy=slow_client_policy
+            )
+        )
         self.stats = MeshStats()
         self.withdrawn = False
         #: The listening port once started (``None`` without ``listen``).
@@ -490,8 +504,12 @@ class WebSocketMesh:
         )
         self._notify()
 
-    def connection_lost(self, conn: MeshConnection, reason: str) -> None:
+    def release(self, conn: MeshConnection) -> None:
+        """``conn`` (a peer's or a client's) ended: stop pausing and closing it."""
         self._connections.discard(conn)
+
+    def connection_lost(self, conn: MeshConnection, reason: str) -> None:
+        self.release(conn)
         node = conn.node_uuid
         if node is not None and self._peers.get(node) is conn:
             del self._peers[node]

@@ -23,6 +23,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from txloom.bus.mesh.clients import CLIENT_PROTOCOL
 from txloom.sendwindow import SendWindow
 from txloom.wire.errors import RemoteProtocolError
 from txloom.wire.grav import WITHDRAW, WITHDRAW_ACK, Handshake, HandshakeReply
@@ -68,6 +69,8 @@ class MeshConnection:
 
     def _mesh_init(self, mesh: WebSocketMesh) -> None:
         self.mesh = mesh
+        #: Where this connection's events go: the mesh, or its ``ClientHub`` for a client.
+        self.hub: Any = mesh
         self.session = GravSession(
             self.role, mesh.node_uuid, mesh.belongs_to, max_frame_size=mesh.max_message_size
         )
@@ -130,6 +133,15 @@ class MeshConnection:
             self.mesh.handshake_timeout, self._handshake_timed_out
         )
         if self.role is Role.DIALLER:
+            if self.mesh.as_client and self.websocket_protocol_in_use != CLIENT_PROTOCOL:  # type: ignore[attr-defined]
+                # a Grav node (or a txloom node without clients) would take it for a peer
+                self.peer_log.error(
+                    "{address} does not serve bus clients (a Grav node, or a txloom node "
+                    "older than bus clients); closing",
+                    address=self.address,
+                )
+                self.close(CLOSE_NORMAL, "not a client")
+                return
             self.sendMessage(self.session.handshake(), isBinary=True)  # type: ignore[attr-defined]
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -150,18 +162,18 @@ class MeshConnection:
             return
         kind = type(event)
         if kind is MessageFrame:
-            self.mesh.message_from(self, event.fields)  # type: ignore[union-attr]
+            self.hub.message_from(self, event.fields)  # type: ignore[union-attr]
         elif kind is ForeignFrame:
             self._foreign(event)  # type: ignore[arg-type]
         elif kind is Handshake:
             self._cancel_deadline()
-            self.mesh.handshake_from(self, event)  # type: ignore[arg-type]
+            self.hub.handshake_from(self, event)  # type: ignore[arg-type]
         elif kind is HandshakeReply:
             self._cancel_deadline()
-            self.mesh.reply_from(self, event)  # type: ignore[arg-type]
+            self.hub.reply_from(self, event)  # type: ignore[arg-type]
         elif kind is Withdraw:
             self._send_text(WITHDRAW_ACK)
-            self.mesh.peer_withdrew(self)
+            self.hub.peer_withdrew(self)
         elif kind is WithdrawAck:
             acked = self.withdraw_acked
             if acked is not None and not acked.called:
@@ -191,7 +203,7 @@ class MeshConnection:
         why = reason or getattr(self, "wasNotCleanReason", None) or f"close code {code}"
         if getattr(self, "remoteCloseCode", None) == CLOSE_NODE_STOPPING:
             self.peer_stopped = True
-        self.mesh.connection_lost(self, str(why))
+        self.hub.connection_lost(self, str(why))
         if self.withdraw_acked is not None and not self.withdraw_acked.called:
             self.withdraw_acked.callback(None)
         if not self.closed.called:
@@ -203,7 +215,7 @@ class MeshConnection:
         """One message frame; dropped (and counted) while the peer is over its backlog."""
         if not self.window.offer(payload):
             self.dropped += 1
-            self.mesh.dropped_for(self)
+            self.hub.dropped_for(self)
 
     def _send_binary(self, payload: bytes) -> None:
         with suppress(Disconnected):
@@ -252,7 +264,7 @@ class MeshConnection:
                 address=self.address,
                 reason=event.reason,
             )
-        self.mesh.foreign_from(self, event.data)
+        self.hub.foreign_from(self, event.data)
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -281,7 +293,7 @@ class MeshServerProtocol(MeshConnection, WebSocketServerProtocol):
         self._mesh_init(self.factory.mesh)  # type: ignore[attr-defined]
         super().connectionMade()
 
-    def onConnect(self, request: ConnectionRequest) -> None:
+    def onConnect(self, request: ConnectionRequest) -> str | None:
         mesh = self.mesh
         if request.path != mesh.path:
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, f"the mesh is at {mesh.path}")
@@ -296,6 +308,11 @@ class MeshServerProtocol(MeshConnection, WebSocketServerProtocol):
         if mesh.withdrawn:
             raise ConnectionDeny(503, "this node has withdrawn from the mesh")
         self.peer_speaks_txloom = TXLOOM_HEADER.lower() in request.headers
+        if CLIENT_PROTOCOL in request.protocols and mesh.clients is not None:
+            self.hub = mesh.clients
+            self.window.limit = mesh.clients.backlog_limit
+            return CLIENT_PROTOCOL  # type: ignore[return-value]
+        return None
 
 
 class MeshClientProtocol(MeshConnection, WebSocketClientProtocol):
@@ -358,10 +375,11 @@ class MeshClientFactory(WebSocketClientFactory):
     noisy = False
 
     def __init__(self, mesh: WebSocketMesh, dialer: PeerDialer) -> None:
-        headers = {TXLOOM_HEADER: "1"}
+        headers = {} if mesh.as_client else {TXLOOM_HEADER: "1"}
         if mesh.token:
             headers["Authorization"] = f"Bearer {mesh.token}"
-        super().__init__(url=dialer.url.url, headers=headers)
+        protocols = [CLIENT_PROTOCOL] if mesh.as_client else None
+        super().__init__(url=dialer.url.url, headers=headers, protocols=protocols)
         self.mesh = mesh
         self.dialer = dialer
         self._batched_timer = PreciseTimer(mesh.reactor)
