@@ -10,6 +10,7 @@ import pytest
 
 from support.bus_peer import RawGravPeer
 from support.processes import twistd
+from support.status import STATUS_LISTENING, ready, scrape
 from support.store import short_tempdir
 from txloom.store.blocking import NetworkBackend
 
@@ -26,6 +27,7 @@ def test_all_in_one_node_serves_every_part_and_exits_cleanly(tmp_path) -> None:
             "--runtime", runtime,
             "--bus-listen", "tcp:0:interface=127.0.0.1",
             "--rpc", "tcp:0:interface=127.0.0.1",
+            "--status", "tcp:0:interface=127.0.0.1",
         )  # fmt: skip
         with node.start():
             store = node.wait_for(r"storeserver listening on tcp:127\.0\.0\.1:(\d+)")
@@ -47,6 +49,15 @@ def test_all_in_one_node_serves_every_part_and_exits_cleanly(tmp_path) -> None:
             with RawGravPeer(int(bus.group(1))) as peer:
                 ack = json.loads(peer.handshake(str(uuid.uuid4())))
                 assert ack["accept"] is True
+
+            status = node.wait_for(STATUS_LISTENING).group(1)
+            code, body = ready(status)
+            assert code == 200, body
+            assert {"store.recovered", "worker.listening", "bus.listening"} <= set(body["checks"])
+            metrics = scrape(status)
+            assert metrics["txloom_store_ready"] == 1
+            assert metrics['txloom_worker_http_responses_total{code="200"}'] == 1
+            assert metrics["txloom_bus_peers"] == 0
 
             assert node.terminate() == 0, node.tail()
         assert (tmp_path / "store").is_dir()

@@ -5,8 +5,9 @@ This is what ``make run`` starts: a store server on 7400 with its write-ahead lo
 Locator on 10053, a WSGI hello app over HTTP on 8080, reverse-RPC agents on 7300 and at
 /rpc/ on 8080 with one example agent joined) and the ``facts`` nested-stream service on
 7410 (each store's facts, found through the Locator), and a bus node (WebSocket mesh on
-8081). Each part is built by its own plugin's ``Options``/``makeService``, exactly as
-``twistd storeserver ...`` would build it, so the all-in-one node never drifts from the
+8081), with one status site for all of them on 9400 (``/healthz``, ``/readyz``,
+``/metrics``). Each part is built by its own plugin's ``Options``/``makeService``, exactly
+as ``twistd storeserver ...`` would build it, so the all-in-one node never drifts from the
 single-purpose plugins; only the arguments are chosen here.
 """
 
@@ -23,10 +24,17 @@ from twisted.internet import reactor
 from twisted.logger import Logger
 from twisted.python import usage
 
+from txloom.config import PluginOptions, section_arguments
 from txloom.shutdown import CleanExitOnSignal
+from txloom.status.options import status_option, valid_status_endpoint
+from txloom.status.site import StatusService
 from txloom.worker.examples import APPS_DIR
 
 log = Logger()
+
+#: The all-in-one node's status site (/healthz, /readyz, /metrics); single plugins have none
+#: unless asked, the node that ``make run`` starts has it on the loopback interface.
+DEFAULT_STATUS = "tcp:9400:interface=127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ class Component:
     name: str
     tap: str
     arguments: Callable[[Options], list[str]]
+    #: ``(module, function)`` giving the part's status ``Watch`` (``txloom.status``).
+    watch: tuple[str, str]
 
 
 def _store_arguments(options: Options) -> list[str]:
@@ -75,19 +85,27 @@ def _bus_arguments(options: Options) -> list[str]:
 
 
 COMPONENTS: tuple[Component, ...] = (
-    Component("store", "txloom.store.tap", _store_arguments),
-    Component("workerhost", "txloom.worker.tap", _worker_arguments),
-    Component("busnode", "txloom.bus.tap", _bus_arguments),
+    Component(
+        "store", "txloom.store.tap", _store_arguments, ("txloom.status.store", "watch_store")
+    ),
+    Component(
+        "workerhost",
+        "txloom.worker.tap",
+        _worker_arguments,
+        ("txloom.status.worker", "watch_worker"),
+    ),
+    Component("busnode", "txloom.bus.tap", _bus_arguments, ("txloom.status.bus", "watch_bus")),
 )
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
     synopsis = "[options]"
     longdesc = (
         "Run every txloom server in one process with embedded defaults: nothing to install "
         "or configure first. Each part can be run on its own with its own plugin "
         "(twistd storeserver, ...) for production use. Data is kept under --data."
     )
+    config_section = "txloom"
     optParameters = [
         ["data", "d", "var", "Directory for all persistent state (store WAL and snapshots)."],
         [
@@ -136,6 +154,7 @@ class Options(usage.Options):
             "none",
             "Bus node: 'none' or 'local' (Grav-compatible UDP multicast on the LAN).",
         ],
+        status_option(DEFAULT_STATUS),
     ]
 
     def __init__(self) -> None:
@@ -149,23 +168,54 @@ class Options(usage.Options):
             raise usage.UsageError(f"--without {name}: known parts are {', '.join(sorted(known))}")
         self["without"].append(name)
 
+    def postOptions(self) -> None:
+        self["status"] = valid_status_endpoint(self["status"])
+        # every part's options are checked now, so that a bad value is a usage error
+        self.parts: list[tuple[Component, Any, usage.Options, list[str]]] = []
+        for component in COMPONENTS:
+            if component.name in self["without"]:
+                continue
+            tap = importlib.import_module(component.tap)
+            sub = tap.Options()
+            arguments = _part_arguments(self, component, sub)
+            try:
+                sub.parseOptions(arguments)
+            except usage.UsageError as e:
+                raise usage.UsageError(f"{component.name}: {e}") from e
+            self.parts.append((component, tap, sub, arguments))
+
+
+def _part_arguments(options: Options, component: Component, sub: usage.Options) -> list[str]:
+    """The node's arguments for a part, with its config file section's keys replacing them."""
+    arguments = component.arguments(options)
+    table = options.config_file.get(component.name)
+    if not table:
+        return arguments
+    where = f"--config {options.config_path}: [{component.name}]"
+    from_file = section_arguments(table, sub, where)
+    named = {a for a in from_file if a.startswith("--")}
+    kept: list[str] = []
+    i = 0
+    while i < len(arguments):  # "--name value" pairs and lone "--flag"s
+        takes_value = i + 1 < len(arguments) and not arguments[i + 1].startswith("--")
+        group = arguments[i : i + 2] if takes_value else arguments[i : i + 1]
+        if group[0] not in named:
+            kept += group
+        i += len(group)
+    return kept + from_file
+
 
 def makeService(options: Options) -> IService:
     root = MultiService()
     CleanExitOnSignal(reactor).setServiceParent(root)
-    for component in COMPONENTS:
-        if component.name in options["without"]:
-            continue
-        tap = importlib.import_module(component.tap)
-        sub = tap.Options()
-        arguments = component.arguments(options)
-        try:
-            sub.parseOptions(arguments)
-        except usage.UsageError as e:
-            raise usage.UsageError(f"{component.name}: {e}") from e
+    status = StatusService(options["status"], []) if options["status"] else None
+    for component, tap, sub, arguments in options.parts:
         service = tap.makeService(sub)
         service.setName(component.name)
         service.setServiceParent(root)
+        if status is not None:
+            module, function = component.watch
+            status.add(getattr(importlib.import_module(module), function)(service))
         log.info(
             "all-in-one: {name} configured with {arguments}",
             name=component.name,
@@ -173,6 +223,8 @@ def makeService(options: Options) -> IService:
         )
     if "workerhost" not in options["without"] and options["rpc"] != "none":
         ExampleAgent(root.getServiceNamed("workerhost")).setServiceParent(root)
+    if status is not None:
+        status.setServiceParent(root)
     return root
 
 

@@ -54,6 +54,53 @@ class CleanExitOnSignal(Service):
         self.reactor.callFromThread(self.reactor.stop)
 
 
+class StartFailed(Exception):
+    """A server cannot start (port in use, data directory locked...); the message is the
+    one line an operator needs.
+
+    Raised from ``privilegedStartService``/``startService`` under twistd. It is an
+    ``Exception`` (not ``SystemExit``) so that twistd's own start-up handling sees it: in
+    daemon mode the reason goes through twistd's status pipe to the waiting parent, which
+    prints it on its stderr and exits 1, and the pidfile is removed, as with ``-n``. The
+    process then ends with status 1 and that one line instead of a traceback, and without
+    waiting for threads the failed start left behind.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        _report_start_failures()
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.__module__ = StartFailed.__module__
+
+
+# twistd's status pipe carries the first 100 bytes of "module.Class: message"; a bare
+# class name leaves that room to the message
+StartFailed.__module__ = "builtins"
+
+_hook_installed = False
+
+
+def _report_start_failures() -> None:
+    global _hook_installed
+    if _hook_installed:
+        return
+    _hook_installed = True
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if not issubclass(kind, StartFailed):
+            previous(kind, value, tb)
+            return
+        sys.stderr.write(f"{value}\n")
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(1)
+
+    sys.excepthook = hook
+
+
 def stop_and_exit(reactor: Any, code: int = 1) -> None:
     """Stop the reactor; once twistd has finished its own shutdown, exit with ``code``.
 

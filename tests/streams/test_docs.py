@@ -48,6 +48,7 @@ def test_locator_and_facts_examples_against_the_all_in_one_node(tmp_path: Path) 
             "--streams", f"tcp:{ports['streams']}:interface=127.0.0.1",
             "--bus-listen", f"tcp:{ports['bus']}:interface=127.0.0.1",
             "--runtime", str(runtime),
+            "--status", "none",
         )  # fmt: skip
         with node.start():
             node.wait_for(r"stream services listening on tcp:127\.0\.0\.1:\d+: facts")

@@ -31,7 +31,7 @@ from txloom.bus.mesh.urls import DEFAULT_PATH
 from txloom.bus.status import MessageLog, StatusResponder
 from txloom.extensions import choose, parse_options
 from txloom.interfaces import IBridgeFactory, IDiscoveryFactory, IMeshTransportFactory
-from txloom.shutdown import stop_and_exit
+from txloom.shutdown import StartFailed, stop_and_exit
 from txloom.wire.grav import Announcement
 
 #: An extension chosen by name, with the ``key=value`` words that configure it.
@@ -40,7 +40,7 @@ Choice = tuple[str, list[str]]
 __all__ = ["BusNodeConfig", "BusNodeService", "NodeStartError"]
 
 
-class NodeStartError(SystemExit):
+class NodeStartError(StartFailed):
     """The node cannot start (its port is taken, say); the message is one readable line."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from txloom import systemd
 from txloom.bus.bridge.subjects import valid_subject
 from txloom.bus.buffer import DEFAULT_REPLAY_SIZE
 from txloom.bus.bus import DEFAULT_POD_QUEUE_LIMIT
@@ -26,9 +27,12 @@ from txloom.bus.mesh import mesh as mesh_defaults
 from txloom.bus.mesh.clients import CLIENT_BACKLOG_LIMIT
 from txloom.bus.mesh.urls import DEFAULT_PATH, BadPeerURL, PeerURL
 from txloom.bus.node import BusNodeConfig, BusNodeService
+from txloom.config import PluginOptions
 from txloom.extensions import choose, describe, parse_options
 from txloom.interfaces import IBridgeFactory, IDiscoveryFactory, IMeshTransportFactory
 from txloom.shutdown import CleanExitOnSignal
+from txloom.status.options import status_option, valid_status_endpoint
+from txloom.status.site import StatusService
 from txloom.wire.grav import MAX_HOPS
 
 __all__ = ["Options", "makeService"]
@@ -45,7 +49,9 @@ def _positive(kind: type) -> object:
     return convert
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
+    config_section = "busnode"
+
     synopsis = "[options]"
     longdesc = (
         "Run a message bus node: an in-process bus of pods, meshed over WebSocket with other "
@@ -205,6 +211,7 @@ class Options(usage.Options):
             "",
             "Prefix of the NATS subjects (the subject of a message is PREFIX + its type).",
         ],
+        status_option(),
     ]
 
     optFlags = [
@@ -279,6 +286,7 @@ class Options(usage.Options):
         return self
 
     def postOptions(self) -> None:
+        self["status"] = valid_status_endpoint(self["status"])
         if self["listen"] == "none":
             self["listen"] = None
         else:
@@ -397,4 +405,9 @@ def makeService(options: Options) -> BusNodeService:
     """
     node = BusNodeService(options.config(), exit_on_failure=True)
     CleanExitOnSignal(node.reactor).setServiceParent(node)
+    systemd.ready_when()
+    if options["status"]:
+        from txloom.status.bus import watch_bus  # noqa: PLC0415 - only when asked for
+
+        StatusService(options["status"], [watch_bus(node)]).setServiceParent(node)
     return node

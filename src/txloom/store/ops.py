@@ -107,9 +107,14 @@ class RequestRouter:
         request_id = _rid(request)
         frame = OK if request_id is MISSING else ok_frame(None, request_id)
         factory = self.factory
+        factory.write_requests += 1
+        observe = factory.on_write_acked
+        started = time.monotonic() if observe is not None else 0.0
 
         def committed(_seq: int) -> bytes:
             factory.facts_written += 1
+            if observe is not None:
+                observe(time.monotonic() - started)
             return frame
 
         return self.backend.append(body, meta).addCallback(committed)

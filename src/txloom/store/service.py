@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -23,7 +24,7 @@ from twisted.python.failure import Failure
 
 from txloom import extensions
 from txloom.interfaces import IStorageBackend, IStorageBackendFactory
-from txloom.shutdown import stop_and_exit
+from txloom.shutdown import StartFailed, stop_and_exit
 from txloom.store.config import StoreConfig
 from txloom.store.directory import DataDirectoryLocked
 from txloom.store.ops import RequestRouter
@@ -63,6 +64,11 @@ class StoreServerFactory(Factory):
         #: Bytes of unfinished frames held across all connections.
         self.partial_bytes = 0
         self.facts_written = 0
+        #: write_fact requests taken (facts_written counts those acknowledged).
+        self.write_requests = 0
+        #: Called with the seconds from a write_fact request to its acknowledgement
+        #: (the status site's latency histogram); None: nothing measured.
+        self.on_write_acked: Callable[[float], Any] | None = None
         self.started = time.monotonic()
         self.ready = False
         self.draining = False
@@ -237,7 +243,7 @@ class StoreService(MultiService):
             self.ready.errback(StoreStartError(message))
             self.ready.addErrback(lambda _: None)
         if self.exit_on_failure:
-            raise SystemExit(f"storeserver: {message}")
+            raise StartFailed(f"storeserver: {message}")
         raise StoreStartError(message)
 
     def startService(self) -> None:

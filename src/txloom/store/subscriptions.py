@@ -252,10 +252,17 @@ class SubscriptionHub:
         self._all: set[Subscriber] = set()
         self._subscribers: set[Subscriber] = set()
         self.events_pushed = 0
+        #: Overflows of subscribers that have gone (live ones count their own).
+        self.past_overflows = 0
         backend.add_listener(self._committed)
 
     def __len__(self) -> int:
         return len(self._subscribers)
+
+    @property
+    def overflows(self) -> int:
+        """Times a subscriber fell behind its queue bound, over the server's life."""
+        return self.past_overflows + sum(s.queue.overflows for s in self._subscribers)
 
     def add(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
@@ -266,6 +273,8 @@ class SubscriptionHub:
                 self._by_store.setdefault(store, set()).add(subscriber)
 
     def remove(self, subscriber: Subscriber) -> None:
+        if subscriber in self._subscribers:
+            self.past_overflows += subscriber.queue.overflows
         self._subscribers.discard(subscriber)
         self._all.discard(subscriber)
         if subscriber.stores is not None:

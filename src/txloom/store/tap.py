@@ -18,9 +18,12 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from txloom import extensions
+from txloom import extensions, systemd
+from txloom.config import PluginOptions
 from txloom.interfaces import IStorageBackendFactory
 from txloom.shutdown import CleanExitOnSignal
+from txloom.status.options import status_option, valid_status_endpoint
+from txloom.status.site import StatusService
 from txloom.store.config import (
     DEFAULT_AUTH_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT,
@@ -77,7 +80,9 @@ def _positive_float(name: str) -> Any:
     return _positive(float, name, "a number of seconds")
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
+    config_section = "store"
+
     synopsis = "[--listen ENDPOINT]... [--data DIR] [--backend NAME] [options]"
     longdesc = (
         "Durable fact store server speaking the Igniter store wire protocol (CRC32-framed "
@@ -238,6 +243,7 @@ class Options(usage.Options):
             "Seconds a shutdown waits for clients to take their last answers.",
             _positive_float("drain-timeout"),
         ],
+        status_option(),
     ]
 
     def __init__(self) -> None:
@@ -263,6 +269,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         from twisted.internet import reactor  # noqa: PLC0415 - only to parse endpoints
 
+        self["status"] = valid_status_endpoint(self["status"])
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:
@@ -327,4 +334,9 @@ def makeService(options: Options) -> StoreService:
     """The store server for ``twistd``: a start failure exits 1, SIGTERM drains and exits 0."""
     service = StoreService(options.config, exit_on_failure=True)
     CleanExitOnSignal(service.reactor).setServiceParent(service)
+    systemd.ready_when(service.ready)
+    if options["status"]:
+        from txloom.status.store import watch_store  # noqa: PLC0415 - only when asked for
+
+        StatusService(options["status"], [watch_store(service)]).setServiceParent(service)
     return service

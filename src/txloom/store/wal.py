@@ -75,6 +75,9 @@ class WriteAheadLog:
         # Set while the active segment may end in bytes of a failed append.
         self._dirty = False
         self._good_size = 0
+        #: fsyncs of the log and the seconds they took (for the status site's metrics).
+        self.syncs = 0
+        self.sync_seconds = 0.0
 
     @property
     def active(self) -> Segment:
@@ -181,7 +184,9 @@ class WriteAheadLog:
         try:
             offset = volume.append(frames)
             if sync:
+                started = time.monotonic()
                 volume.sync()
+                self._synced(started)
         except BaseException:
             self._dirty = True
             self._good_size = before
@@ -193,7 +198,14 @@ class WriteAheadLog:
 
     def sync(self) -> None:
         if self.segments:
+            started = time.monotonic()
             self.active.volume.sync()
+            self._synced(started)
+
+    def _synced(self, started: float) -> None:
+        # read by the status site; written on the writer thread only
+        self.syncs += 1
+        self.sync_seconds += time.monotonic() - started
 
     def restore(self) -> None:
         """After a failed write: cut the active segment back to its last whole frame and

@@ -291,7 +291,7 @@ class Service:
 class LocatorClient(Service):
     """The Locator, whose graph every client knows in advance."""
 
-    GRAPH: Graph = {0: ("resolve", TERMINAL, PRIMITIVE)}
+    GRAPH: Graph = {0: ("resolve", TERMINAL, PRIMITIVE), 16: ("services", TERMINAL, PRIMITIVE)}
 
     def __init__(
         self, locator: str | Address = ("127.0.0.1", DEFAULT_LOCATOR_PORT), reactor: Any = None
@@ -310,6 +310,10 @@ class LocatorClient(Service):
             )
 
         return self.call("resolve", name).addCallback(decode)
+
+    def services(self) -> Deferred[list[str]]:
+        """Names of every service the host publishes (apps, ``logging``, ``locator``)."""
+        return self.call("services").addCallback(lambda names: [as_text(n) for n in names])
 
 
 def connect(

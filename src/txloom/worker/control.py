@@ -338,6 +338,7 @@ class WorkerControl:
         due = self.last_seen + self.profile.heartbeat_timeout
         now = self.clock.seconds()
         if now >= due:
+            self.pool.heartbeat_misses += 1
             self.discard(f"no heartbeat for {now - self.last_seen:.1f}s")
         else:
             self._heartbeat_timer = self.clock.callLater(due - now, self._check_heartbeat)

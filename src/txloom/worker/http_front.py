@@ -19,6 +19,7 @@ the session holds at most the app's backlog-limit of replies for it, then fails.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -310,8 +311,13 @@ class FrontSite(Site):
 
     noisy = False
 
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        #: Responses sent, by status code (the status site's metrics).
+        self.responses: Counter[int] = Counter()
+
     def log(self, request: Request) -> None:
-        pass
+        self.responses[request.code] += 1
 
 
 class HttpFront:

@@ -21,6 +21,9 @@ DEFAULT_LOCATOR_PORT = 10053
 LOCATOR_VERSION = 3
 
 RESOLVE = 0
+#: txloom's addition (not a Cocaine method id): the names of every published service, so
+#: that an operator's tool can list the apps without knowing them first.
+SERVICES = 16
 
 
 @implementer(IService)
@@ -30,7 +33,10 @@ class Locator:
     log = Logger()
     name = "locator"
     version = LOCATOR_VERSION
-    graph = {RESOLVE: ("resolve", TERMINAL, PRIMITIVE)}
+    graph = {
+        RESOLVE: ("resolve", TERMINAL, PRIMITIVE),
+        SERVICES: ("services", TERMINAL, PRIMITIVE),
+    }
 
     def __init__(self) -> None:
         #: name -> (endpoints, version, wire graph)
@@ -62,6 +68,9 @@ class Locator:
         headers: tuple[HeaderEntry, ...],
         reply: IReplyChannel,
     ) -> None:
+        if method == SERVICES:
+            reply.value(sorted(self.services))
+            return
         if len(args) != 1 or not isinstance(args[0], bytes):
             reply.error(errors.DISPATCH, errors.BAD_ARGUMENTS, "resolve takes [name]")
             return

@@ -89,6 +89,8 @@ class WorkerPool:
         self._respawn_call: Any = None
         self._stopped: Deferred[None] | None = None
         self.counters = {"accepted": 0, "rejected": 0, "spawned": 0, "crashed": 0}
+        #: Workers discarded for missing their heartbeats (the status site's metrics).
+        self.heartbeat_misses = 0
         #: Bytes the app's sessions hold in host memory (backlogs, queued data).
         self.stats = FlowStats()
 

@@ -20,9 +20,12 @@ from pathlib import Path
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from txloom import extensions
+from txloom import extensions, systemd
+from txloom.config import PluginOptions
 from txloom.interfaces import IStreamServiceFactory
-from txloom.shutdown import CleanExitOnSignal
+from txloom.shutdown import CleanExitOnSignal, StartFailed
+from txloom.status.options import status_option, valid_status_endpoint
+from txloom.status.site import StatusService
 from txloom.wire.cocaine import DEFAULT_MAX_MESSAGE_SIZE
 from txloom.worker.connection import default_reactor
 from txloom.worker.host import (
@@ -45,7 +48,9 @@ def default_runtime_dir() -> str:
     return str(Path(tempfile.gettempdir()) / f"txloom-{os.getuid()}")
 
 
-class Options(usage.Options):
+class Options(PluginOptions):
+    config_section = "workerhost"
+
     synopsis = "--apps DIR [--runtime DIR] [--locator ENDPOINT] [--http ENDPOINT] [options]"
     longdesc = (
         "Run txloom's worker host: an app engine that speaks the Cocaine v12 protocols. "
@@ -114,6 +119,7 @@ class Options(usage.Options):
         ],
         ["rpc-grpc", None, None, "Endpoint for reverse-RPC agents over gRPC, e.g. tcp:7301."],
         ["rpc-token-file", None, None, "File holding the token reverse-RPC agents must send."],
+        status_option(),
     ]
     optFlags = [
         ["rpc-http", None, "Serve the heartbeat and long-poll RPC transports at /rpc/ on --http."]
@@ -142,6 +148,7 @@ class Options(usage.Options):
         self["stream-services"] = chosen
 
     def postOptions(self) -> None:
+        self["status"] = valid_status_endpoint(self["status"])
         self._stream_services()
         if not self["apps"]:
             raise usage.UsageError("--apps DIR is required (a directory of app manifests)")
@@ -184,7 +191,7 @@ class CommandLineWorkerHost(WorkerHost):
         try:
             super().startService()
         except HostError as e:
-            raise SystemExit(f"workerhost: {e}") from None
+            raise StartFailed(f"workerhost: {e}") from None
 
 
 def makeService(options: Options) -> WorkerHost:
@@ -213,4 +220,9 @@ def makeService(options: Options) -> WorkerHost:
             token=token.encode() if token else None,
         ).setServiceParent(host)
     CleanExitOnSignal(host.reactor).setServiceParent(host)
+    systemd.ready_when()
+    if options["status"]:
+        from txloom.status.worker import watch_worker  # noqa: PLC0415 - only when asked for
+
+        StatusService(options["status"], [watch_worker(host)]).setServiceParent(host)
     return host

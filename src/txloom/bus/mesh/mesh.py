@@ -356,6 +356,10 @@ class WebSocketMesh:
             )
         return out
 
+    def peer_connections(self) -> dict[str, MeshConnection]:
+        """Each registered peer's connection by node uuid (status and metrics read them)."""
+        return dict(self._peers)
+
     def wait_for_peers(self, count: int) -> Deferred[None]:
         """Fires once at least ``count`` peers are connected."""
         d: Deferred[None] = Deferred()
@@ -559,6 +563,7 @@ class WebSocketMesh:
         payload = encode_message(msg)
         for conn in targets:
             conn.send_payload(payload)
+            conn.sent += 1
         self.stats.sent += 1
 
     def message_from(self, conn: MeshConnection, fields: MessageFields) -> None:
@@ -568,6 +573,7 @@ class WebSocketMesh:
             self.stats.duplicates += 1
             return
         self.stats.received += 1
+        conn.received += 1
         msg = Message.from_fields(fields)
         self._post(msg, self._pod)
         if self.relay and fields.uuid and fields.hops + 1 < self.hop_limit:
@@ -576,6 +582,8 @@ class WebSocketMesh:
                 payload = encode_message(msg, fields.hops + 1)
                 for other in others:
                     other.send_payload(payload)
+                    other.sent += 1
+                conn.relayed += 1
                 self.stats.relayed += 1
 
     def foreign_from(self, conn: MeshConnection, data: bytes) -> None:

@@ -84,6 +84,10 @@ class MeshConnection:
         self.withdraw_acked: Deferred[None] | None = None
         self.closed: Deferred[None] = Deferred()
         self.dropped = 0
+        #: Messages sent to, received from, and relayed on from this peer (for metrics).
+        self.sent = 0
+        self.received = 0
+        self.relayed = 0
         #: The peer closed because it stops (not merely withdrew): redial it.
         self.peer_stopped = False
         #: The dialling side is a txloom node (seen on inbound connections only).
