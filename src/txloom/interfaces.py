@@ -215,6 +215,12 @@ class IDownstream(Interface):
 class IReplyChannel(IDownstream):
     """The server side of one channel of a service connection (see ``IService.invoke``)."""
 
+    feeder = Attribute(
+        "The caller's connection, or None: an object with ``pause_reading(by)`` and "
+        "``resume_reading(by)``, so that a service whose own downstream lags (a worker "
+        "that does not keep up) stops reading the caller until it has caught up."
+    )
+
     def send(mtype, args):  # type: ignore[misc]
         """Send any message type allowed by the method's downstream protocol."""
 
@@ -254,7 +260,11 @@ class IService(Interface):
 
 
 class IWorkerLauncher(Interface):
-    """Starts worker processes for the engine (plain processes, containers, ...)."""
+    """Starts worker processes for the engine (plain processes, containers, ...).
+
+    A worker is everything it starts: the engine signals and waits for the worker through
+    the transport ``launch`` returns, so that transport must reach all of it.
+    """
 
     def launch(protocol, argv, env, cwd):  # type: ignore[misc]
         """Start ``argv`` with ``env`` in ``cwd``, wired to the ``IProcessProtocol``.
@@ -262,6 +272,24 @@ class IWorkerLauncher(Interface):
         Returns the ``IProcessTransport`` or a Deferred firing with it; the engine gives a
         launch ``spawn-timeout`` seconds. A failure to start is reported by raising, failing
         the Deferred or by the process ending before its handshake.
+
+        The transport's ``signalProcess`` must reach what the worker started too (its
+        process group, its container), also after the worker itself has exited, and raise
+        ``ProcessExitedAlready`` once nothing of it is left; ``signalProcess(0)`` only
+        checks that. The protocol's ``processExited`` is called as soon as the worker
+        process has exited, whatever holds its output pipes: the engine sees the worker
+        gone then, and ends the rest (SIGTERM, SIGKILL after ``terminate-timeout``).
+        """
+
+
+class IWorkerLauncherFactory(IExtensionFactory):
+    """Builds an ``IWorkerLauncher`` (found as a Twisted plugin: ``--launcher NAME``)."""
+
+    def launcher(reactor, options):  # type: ignore[misc]
+        """An ``IWorkerLauncher`` starting workers with ``reactor``.
+
+        ``options`` is the factory's own Options, parsed from ``--launcher-option
+        key=value`` words (None when the factory takes none).
         """
 
 

@@ -178,3 +178,16 @@ def python(
 ) -> ChildProcess:
     """A ``python ARGS`` child (not started) with this interpreter."""
     return ChildProcess([sys.executable, *args], cwd=cwd, env=env)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (a zombie, dead but not reaped yet, does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -128,7 +128,8 @@ class RawPeer(Protocol):
         self._waiting: list[tuple[int, Deferred[list[Message]]]] = []
 
     def dataReceived(self, data: bytes) -> None:
-        self.messages.extend(self.decoder.receive_data(data))
+        self.decoder.receive_data(data)
+        self.messages.extend(self.decoder)
         for n, d in list(self._waiting):
             if len(self.messages) >= n:
                 self._waiting.remove((n, d))
@@ -241,7 +242,8 @@ class SocketWorker:
     def received(self) -> list[Message]:
         data = self.transport.value()
         self.transport.clear()
-        return self.decoder.receive_data(data)
+        self.decoder.receive_data(data)
+        return list(self.decoder)
 
     def send(self, *args: Any) -> None:
         self.connection.dataReceived(encode(*args))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import pytest_twisted
 
+from support.processes import pid_alive
 from support.workerhost import call, short_tmpdir, start_host, wait_until
 from txloom.worker import errors
 from txloom.worker.client import connect
@@ -67,7 +68,7 @@ async def test_worker_that_stops_heartbeating_is_discarded(host: WorkerHost) -> 
         assert int(await call(host, "beat", "pid")) != pid
     finally:
         service.close()
-    await wait_until(lambda: not _pid_alive(pid), 5, "discarded worker reaped")
+    await wait_until(lambda: not pid_alive(pid), 5, "discarded worker reaped")
 
 
 @pytest_twisted.ensureDeferred
@@ -175,7 +176,7 @@ async def test_pool_grows_to_its_limit_under_load_and_shrinks_when_idle(host: Wo
     assert max(peak) == 3
     assert len(pids) >= 3
     await wait_until(lambda: not pool.workers, 5, "idle workers terminated")
-    assert all(not _pid_alive(pid) for pid in pids)
+    assert all(not pid_alive(pid) for pid in pids)
 
 
 @pytest_twisted.ensureDeferred
@@ -185,16 +186,3 @@ async def test_request_timeout_header(host: WorkerHost) -> None:
         await call(host, "kill", "hang", headers={"request_timeout": "300"})
     assert 0.25 < time.monotonic() - started < 2.0
     assert await call(host, "kill", "ping") == b"pong"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is not alive for our purpose
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -158,7 +158,9 @@ async def test_http_client_that_stops_reading_is_cut_off_while_others_are_served
     status, size = await threads.deferToThread(_get, host.http_address, f"/stream?{FULL}")
     assert (status, size) == (200, FULL)
     await wait_until(lambda: stats.overflows == overflows + 1, 10, "the slow session failed")
-    assert stats.backlog_peak <= LIMIT + CHUNK
+    # the pool's backlog: the stalled session's, plus the reading caller's while a loaded
+    # machine schedules it late; each is bounded by backlog-limit and one chunk
+    assert stats.backlog_peak <= 2 * (LIMIT + CHUNK)
     slow.transport.resumeProducing()
     await slow.closed  # aborted: a graceful close would wait for a reader that never reads
     assert len(slow.received) < HUGE // 4

@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from support.workerhost import short_tmpdir, start_host, wait_until
+from support.workerhost import call, short_tmpdir, start_host, wait_until
+from txloom.wire.cocaine_http import encode_request
 from txloom.worker.client import connect
 from txloom.worker.host import WorkerHost
 
@@ -194,3 +196,38 @@ def test_adapter_refuses_bad_targets_with_one_line(args: list[str], message: str
     assert result.returncode == 64
     assert result.stderr.strip().count("\n") == 0
     assert message in result.stderr
+
+
+# -- request targets with dot segments ------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_dot_segments_are_removed_before_routing(host: WorkerHost) -> None:
+    reply = await fetch(host, "/web/a/./b/../../hello?q=1")
+    assert (reply.status, reply.body) == (200, b"hello /hello?q=1")
+    reply = await fetch(host, "/wsgi/x/%2e%2E/info")
+    assert reply.status == 200 and json.loads(reply.body)["PATH_INFO"] == "/info"
+    reply = await fetch(host, "/a/../hello", X_Cocaine_Service="web")
+    assert (reply.status, reply.body) == (200, b"hello /hello")
+
+
+@pytest.mark.parametrize(
+    "path", ["/web/../../etc/passwd", "/web/%2e%2e/%2E%2E/etc/passwd", "/web/..%2F..%2Fetc"]
+)
+@pytest_twisted.ensureDeferred
+async def test_a_target_that_climbs_above_the_root_is_refused(host: WorkerHost, path: str) -> None:
+    reply = await fetch(host, path)
+    assert reply.status == 400 and b"bad request target" in reply.body
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_worker_adapter_refuses_a_climbing_target_from_any_engine(
+    host: WorkerHost,
+) -> None:
+    chunk = encode_request("GET", "/x/../../etc/passwd", "1.1", [], b"")
+    reply = await call(host, "wsgi", "http", [chunk])
+    unpacker = msgpack.Unpacker(raw=True)
+    unpacker.feed(reply)
+    status, _headers = unpacker.unpack()
+    assert status == 400
+    assert b"climbs above the root" in reply[unpacker.tell() :]

@@ -6,8 +6,16 @@ from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import verify
 
-from txloom.interfaces import IDownstream, IReplyChannel, IService, IUpstream, IWorkerLauncher
-from txloom.worker.app_service import AppService
+from txloom.interfaces import (
+    IAddressResolver,
+    IDownstream,
+    IReplyChannel,
+    IService,
+    IUpstream,
+    IWorkerLauncher,
+)
+from txloom.worker.app_service import AppService, IgnoredUpstream
+from txloom.worker.client import LocatorAddressResolver
 from txloom.worker.dispatch import PRIMITIVE, ChannelReply, ServiceConnection
 from txloom.worker.http_front import HttpReply
 from txloom.worker.locator import Locator
@@ -31,4 +39,10 @@ def test_streams() -> None:
     verify.verifyObject(IReplyChannel, reply)
     verify.verifyObject(IDownstream, HttpReply(DummyRequest([b""]), "app"))
     verify.verifyObject(IUpstream, Session(b"e", (), reply))
+    verify.verifyObject(IUpstream, IgnoredUpstream())
     verify.verifyObject(IWorkerLauncher, ProcessLauncher(Clock()))
+
+
+def test_locator_resolver() -> None:
+    resolver = LocatorAddressResolver(("127.0.0.1", 10053))
+    verify.verifyObject(IAddressResolver, resolver)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.error import ProcessTerminated
+from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -26,12 +26,18 @@ class FakeProcess:
     def __init__(self, protocol: Any) -> None:
         self.protocol = protocol
         self.pid = 4242
-        self.signals: list[str] = []
+        self.signals: list[str | int] = []
+        self.exited = False
+        protocol.makeConnection(self)
 
-    def signalProcess(self, name: str) -> None:
+    def signalProcess(self, name: str | int) -> None:
+        if self.exited:  # its group is gone with it
+            raise ProcessExitedAlready()
         self.signals.append(name)
 
     def exit(self, code: int | None = 0, sig: int | None = None) -> None:
+        self.exited = True
+        self.protocol.processExited(Failure(ProcessTerminated(code, sig)))
         self.protocol.processEnded(Failure(ProcessTerminated(code, sig)))
 
 

@@ -107,3 +107,27 @@ def test_workerhost_stream_options(tmp_path) -> None:
     options = parse("--streams", "tcp:0", "--stream-service", "facts store=tcp:127.0.0.1:1")
     ((factory, settings),) = options["stream-services"]
     assert factory.name == "facts" and settings["store"] == "tcp:127.0.0.1:1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_streams_port_in_use_is_a_host_error() -> None:
+    import socket
+
+    from txloom.worker.host import HostError
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with short_tmpdir() as root:
+            host = start_host(root, {})
+            try:
+                endpoint = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+                mount = StreamMount(host, endpoint, {"x": lambda b, t: []})
+                with pytest.raises(HostError, match="streams"):
+                    mount.startService()
+                assert "x" not in host.locator.services
+            finally:
+                await host.stopService()
+    finally:
+        taken.close()

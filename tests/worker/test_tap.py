@@ -60,6 +60,9 @@ def test_defaults(tmp_path: Path) -> None:
         (["--apps", ".", "--locator", "nonsense:1"], "--locator: bad endpoint"),
         (["--apps", ".", "--http", "tcp:notaport"], "--http: bad endpoint"),
         (["--apps", ".", "--max-message-size", "ten"], "--max-message-size must be"),
+        (["--apps", ".", "--http-max-connections", "0"], "--http-max-connections must be"),
+        (["--apps", ".", "--http-head-timeout", "nan"], "--http-head-timeout must be"),
+        (["--apps", ".", "--fd-reserve", "-1"], "--fd-reserve must be"),
     ],
 )
 def test_bad_options(args: list[str], message: str) -> None:
@@ -75,9 +78,13 @@ def test_help_explains_every_option() -> None:
         timeout=60,
     )
     assert shown.returncode == 0, shown.stderr
-    for option in ("--apps", "--runtime", "--locator", "--http", "--service-host", "--verbosity"):
+    for option in (
+        *("--apps", "--runtime", "--locator", "--http", "--service-host", "--verbosity"),
+        *("--http-max-connections", "--http-head-timeout", "--fd-reserve", "--launcher"),
+    ):
         assert option in shown.stdout
     assert "SIGTERM" in shown.stdout
+    assert "process (each worker a child process" in " ".join(shown.stdout.split())
 
 
 def test_bad_command_line_and_busy_port_exit_nonzero_with_a_readable_line() -> None:

@@ -12,6 +12,9 @@ file_backend = FileBackendFactory()
 memory_backend = MemoryBackendFactory()
 
 # Worker host: IWorkerLauncherFactory
+from txloom.worker.launchers import ProcessLauncherFactory  # noqa: E402
+
+process_launcher = ProcessLauncherFactory()
 
 # Reverse RPC: IRPCTransportFactory
 from txloom.rpc.grpc.factory import GrpcTransportFactory  # noqa: E402

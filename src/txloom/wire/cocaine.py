@@ -17,10 +17,13 @@ without completing, the stream is refused. That bounds memory whatever the messa
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import msgpack
 
+from txloom.wire.decoder import NEED_DATA, NeedData, ReceiveBuffer
+from txloom.wire.decoder import Decoder as BaseDecoder
 from txloom.wire.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "HANDSHAKE",
     "HEARTBEAT",
     "MAX_CHANNEL",
+    "NEED_DATA",
     "TERMINATE",
     "Decoder",
     "Encoder",
@@ -77,7 +81,8 @@ class Header(NamedTuple):
 HeaderEntry = Header | int
 
 
-class Message(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Message:
     """One message of the stream. ``headers`` is a tuple of ``Header`` and ``int`` entries."""
 
     channel: int
@@ -150,16 +155,22 @@ def _check(obj: Any) -> Message:
     return Message(channel, mtype, args)
 
 
-class Decoder:
-    """Incremental decoder: feed any split of the stream, get whole messages back.
+class Decoder(BaseDecoder):
+    """Incremental decoder: feed any split of the stream, take whole messages out.
 
-    After an error the decoder is broken for good (the stream has no resynchronisation
-    point) and every later call raises the same error.
+    ``receive_data(bytes)``, then ``next_event()`` until it returns ``NEED_DATA`` (or
+    iterate the decoder), as for every decoder in ``txloom.wire``; errors are sticky.
+
+    The format has no length prefix, so only a streaming parser can tell where a message
+    ends: the bytes go from the shared ``ReceiveBuffer`` into a ``msgpack.Unpacker``, at
+    most ``max_message_size`` bytes of one unfinished message at a time. Re-parsing the
+    buffer from the start on every read would cost quadratic time on a large message.
     """
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         if max_message_size < 1:
             raise ValueError("max_message_size must be positive")
+        super().__init__()
         self.max_message_size = max_message_size
         self._unpacker = msgpack.Unpacker(
             raw=True,
@@ -167,42 +178,59 @@ class Decoder:
             use_list=True,
             max_buffer_size=max_message_size,
         )
-        self._fed = 0  # bytes fed to the unpacker so far
-        self._start = 0  # stream offset where the message being parsed began
-        self._error: RemoteProtocolError | None = None
+        self._fed = 0  # bytes moved into the unpacker so far
+        # where the message being parsed began (``tell()`` also counts a partial one)
+        self._start = 0
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes from the peer, any split of the stream.
+
+        While the unpacker has room for them they go straight in (one copy, not three);
+        otherwise they wait in the receive buffer until ``next_event`` makes room.
+        """
+        room = self.max_message_size - (self._fed - self._start)
+        if (
+            self._error is None
+            and data
+            and not self._eof
+            and not self._buffer
+            and len(data) <= room
+        ):
+            self._unpacker.feed(data)
+            self._fed += len(data)
+            return
+        super().receive_data(data)
 
     @property
     def pending(self) -> int:
-        """Bytes of the message not yet complete."""
-        return self._fed - self._start
+        """Bytes received and not yet part of a returned message."""
+        return len(self._buffer) + self._fed - self._start
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Message]:
-        """Every message that ``data`` completes, in order; raise if the stream is bad."""
-        if self._error is not None:
-            raise self._error
-        out: list[Message] = []
-        view = memoryview(data)
-        limit = self.max_message_size
+    @property
+    def in_frame(self) -> bool:
+        return self.pending > 0
+
+    def _decode(self, buffer: ReceiveBuffer) -> Message | NeedData:
         unpacker = self._unpacker
-        try:
-            while view:
-                room = limit - (self._fed - self._start)
-                if room <= 0:
-                    raise MessageTooLarge(limit + 1, limit)
-                piece = view[:room]
-                view = view[room:]
-                unpacker.feed(piece)
-                self._fed += len(piece)
-                for obj in unpacker:
-                    out.append(_check(obj))
-                    self._start = unpacker.tell()
-        except RemoteProtocolError as e:
-            self._error = e
-            raise
-        except Exception as e:  # msgpack raises several unrelated types for bad input
-            self._error = MalformedMessage(f"not MessagePack: {e}")
-            raise self._error from None
-        return out
+        limit = self.max_message_size
+        while True:
+            try:
+                obj = unpacker.unpack()
+            except msgpack.OutOfData:
+                pass
+            except Exception as e:  # msgpack raises several unrelated types for bad input
+                raise MalformedMessage(f"not MessagePack: {e}") from None
+            else:
+                self._start = unpacker.tell()
+                return _check(obj)
+            if not buffer:
+                return NEED_DATA
+            room = limit - (self._fed - self._start)
+            if room <= 0:
+                raise MessageTooLarge(limit + 1, limit)
+            piece = buffer.take(min(room, len(buffer)))
+            unpacker.feed(piece)
+            self._fed += len(piece)
 
 
 def _header_entry(entry: HeaderEntry) -> Any:

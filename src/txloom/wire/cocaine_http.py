@@ -3,13 +3,17 @@
 A request is one chunk holding MessagePack ``[method, uri, version, [[name, value], ...],
 body]`` (version as ``"1.1"``); the reply's first chunk is MessagePack ``[status,
 [[name, value], ...]]`` and every later chunk is raw body bytes, not packed. These helpers
-pack and check those payloads; they know nothing about sessions.
+pack and check those payloads; they know nothing about sessions. ``normalise_target``
+removes dot segments from a request target, for the host's front end and the worker
+adapter alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import msgpack
 
@@ -20,10 +24,12 @@ __all__ = [
     "HttpRequest",
     "HttpResponseHead",
     "MalformedHttpPayload",
+    "UnsafeTarget",
     "decode_request",
     "decode_response_head",
     "encode_request",
     "encode_response_head",
+    "normalise_target",
 ]
 
 #: The event an HTTP request is delivered as, unless an app says otherwise.
@@ -36,7 +42,10 @@ class MalformedHttpPayload(RemoteProtocolError):
     """A chunk that should hold an HTTP request or response head does not."""
 
 
-class HttpRequest(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """The request chunk of an ``http`` session, decoded."""
+
     method: bytes
     uri: bytes
     version: bytes
@@ -44,7 +53,10 @@ class HttpRequest(NamedTuple):
     body: bytes
 
 
-class HttpResponseHead(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class HttpResponseHead:
+    """The first reply chunk of an ``http`` session, decoded."""
+
     status: int
     headers: HeaderList
 
@@ -128,3 +140,57 @@ def decode_response_head(payload: bytes) -> HttpResponseHead:
     if type(status) is not int or not 100 <= status <= 999:
         raise MalformedHttpPayload(f"bad HTTP status {status!r:.40}")
     return HttpResponseHead(status, _headers_in(headers))
+
+
+class UnsafeTarget(RemoteProtocolError):
+    """A request target whose dot segments climb above the root ("/../etc/passwd")."""
+
+
+_DOTS = {b".": b".", b"..": b".."}
+
+
+def _dot(segment: bytes) -> bytes | None:
+    """``.`` or ``..`` if ``segment`` is one of them, percent-encoded or not; else None.
+
+    A segment that decodes to something holding an encoded slash around a dot segment
+    (``..%2F..``) is refused: a server that decodes before splitting would climb with it.
+    """
+    if b"%" not in segment:
+        return _DOTS.get(segment)
+    decoded = unquote_to_bytes(segment)
+    if decoded in _DOTS:
+        return decoded
+    parts = decoded.replace(b"\\", b"/").split(b"/")
+    if len(parts) > 1 and any(part in _DOTS for part in parts):
+        raise UnsafeTarget(f"encoded slash around a dot segment in {segment[:80]!r}")
+    return None
+
+
+def normalise_target(target: bytes) -> bytes:
+    """``target`` with its dot segments removed (RFC 3986, 5.2.4), query kept as it was.
+
+    ``/app/a/./b/../c?x`` becomes ``/app/a/c?x``; ``%2e`` counts as a dot. A ``..`` that
+    would climb above the root raises ``UnsafeTarget`` instead of being dropped silently
+    (RFC 3986 drops it; a request that tries it is refused). A target that is not a path
+    (``*``, an absolute URI) is returned unchanged.
+    """
+    if not target.startswith(b"/"):
+        return target
+    path, mark, query = target.partition(b"?")
+    if b"." not in path and b"%" not in path:
+        return target
+    out: list[bytes] = []
+    segments = path[1:].split(b"/")
+    last = len(segments) - 1
+    for index, segment in enumerate(segments):
+        dot = _dot(segment)
+        if dot is None:
+            out.append(segment)
+            continue
+        if dot == b"..":
+            if not out:
+                raise UnsafeTarget(f"path climbs above the root: {path[:200]!r}")
+            out.pop()
+        if index == last:
+            out.append(b"")  # "/a/b/.." is the directory "/a/"
+    return b"/" + b"/".join(out) + mark + query

@@ -182,8 +182,8 @@ class Decoder:
             self._error = e
             raise
         if event is NEED_DATA and self._eof:
-            if self._buffer:
-                self._error = TruncatedFrame(len(self._buffer))
+            if self.in_frame:
+                self._error = TruncatedFrame(self.pending)
                 raise self._error
             return ConnectionClosed()
         return event

@@ -24,8 +24,9 @@ INFO = 1
 CONTROL = 2
 
 
-class _Ignored:
-    """Upstream of a method that takes nothing more (``control``)."""
+@implementer(IUpstream)
+class IgnoredUpstream:
+    """Upstream of a method that takes nothing more (``control``, refused calls)."""
 
     def message(self, mtype: int, args: list[Any]) -> None:
         pass
@@ -57,11 +58,11 @@ class AppService:
         if method == ENQUEUE:
             if len(args) != 1 or not isinstance(args[0], bytes):
                 reply.error(errors.DISPATCH, errors.BAD_ARGUMENTS, "enqueue takes [event]")
-                return _Ignored()
+                return IgnoredUpstream()
             # the connection the caller's chunks arrive on; held while its worker lags
-            return self.pool.enqueue(args[0], headers, reply, getattr(reply, "feeder", None))
+            return self.pool.enqueue(args[0], headers, reply, reply.feeder)
         if method == INFO:
             reply.value(self.pool.info())
             return None
         reply.error(errors.DISPATCH, errors.NOT_IMPLEMENTED, "control is not implemented")
-        return _Ignored()
+        return IgnoredUpstream()

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from txloom.wire.cocaine import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    NEED_DATA,
     Decoder,
     Encoder,
     HeaderEntry,
@@ -63,8 +64,11 @@ class MessageConnection(Protocol):
         self.peer = describe_peer(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
+        decoder = self._decoder
+        decoder.receive_data(data)
         try:
-            messages = self._decoder.receive_data(data)
+            while (message := decoder.next_event()) is not NEED_DATA:
+                self.messageReceived(message)
         except RemoteProtocolError as e:
             self.protocol_error = str(e)
             self.log.warn(
@@ -74,9 +78,6 @@ class MessageConnection(Protocol):
                 error=str(e),
             )
             self.transport.abortConnection()
-            return
-        for message in messages:
-            self.messageReceived(message)
 
     def messageReceived(self, message: Message) -> None:
         raise NotImplementedError

@@ -41,6 +41,7 @@ from txloom.wire.cocaine import (
 )
 from txloom.worker import errors
 from txloom.worker.connection import MessageConnection
+from txloom.worker.process import GroupSweep
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -215,7 +216,9 @@ class WorkerControl:
             self._fail_sessions()
         # otherwise the sessions fail when the process has ended, with how it ended
 
-    def process_ended(self, exit_code: int | None, sig: int | None) -> None:
+    def process_exited(self, exit_code: int | None, sig: int | None, process: Any) -> None:
+        """The worker process has exited; what it started is swept (``GroupSweep``)."""
+        self.pool.sweeping(GroupSweep(process, self.clock, self.profile.terminate_timeout).start())
         self.ended(f"killed by signal {sig}" if sig else f"exited with code {exit_code}")
 
     def ended(self, how: str) -> None:

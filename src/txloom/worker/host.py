@@ -30,7 +30,13 @@ from txloom.worker.app_service import AppService
 from txloom.worker.connection import default_reactor
 from txloom.worker.control import WorkerConnection
 from txloom.worker.dispatch import ServiceFactory
-from txloom.worker.http_front import HttpFront
+from txloom.worker.http_front import (
+    DEFAULT_FD_RESERVE,
+    DEFAULT_HTTP_HEAD_TIMEOUT,
+    FDS_PER_WORKER,
+    HttpFront,
+    connection_limit,
+)
 from txloom.worker.locator import DEFAULT_LOCATOR_PORT, Locator
 from txloom.worker.logging_service import DEFAULT_VERBOSITY, LoggingService
 from txloom.worker.manifest import AppManifest, load_apps
@@ -94,6 +100,9 @@ class WorkerHost(MultiService):
         reactor: Any = None,
         launcher: IWorkerLauncher | None = None,
         rpc: Any = None,
+        http_max_connections: int | None = None,
+        http_head_timeout: float = DEFAULT_HTTP_HEAD_TIMEOUT,
+        fd_reserve: int = DEFAULT_FD_RESERVE,
     ) -> None:
         super().__init__()
         self.reactor = reactor if reactor is not None else default_reactor()
@@ -106,6 +115,11 @@ class WorkerHost(MultiService):
         #: Largest message accepted from a client of any service.
         self.max_message_size = max_message_size
         self.launcher = launcher or ProcessLauncher(self.reactor)
+        #: HTTP connections at once (None: what the descriptor limit leaves).
+        self.http_max_connections = http_max_connections
+        self.http_head_timeout = http_head_timeout
+        #: Descriptors kept from HTTP for the Locator and services, beyond the workers'.
+        self.fd_reserve = fd_reserve
         self.locator = Locator()
         self.logging = LoggingService(verbosity)
         self.pools: dict[str, WorkerPool] = {}
@@ -164,17 +178,28 @@ class WorkerHost(MultiService):
         for manifest in apps:
             self.add_app(manifest)
         if self.http_description:
-            self.http_front = HttpFront(self)
+            workers = sum(pool.profile.pool_limit for pool in self.pools.values())
+            try:
+                limit = connection_limit(
+                    self.http_max_connections, self.fd_reserve + FDS_PER_WORKER * workers
+                )
+            except ValueError as e:
+                raise HostError(str(e)) from None
+            self.http_front = HttpFront(self, limit, self.http_head_timeout)
             port = listen_now(
                 serverFromString(self.reactor, self.http_description).listen(self.http_front.site),
                 f"{self.http_description} (HTTP front end)",
             )
             self._ports.append(port)
+            self.http_front.site.listening(port)
             self.http_address = address_text(port)
             self.log.info(
-                "HTTP front end listening on tcp:{host}:{port}",
+                "HTTP front end listening on tcp:{host}:{port} "
+                "(at most {limit} connections, head timeout {timeout:g}s)",
                 host=self.http_address[0],
                 port=self.http_address[1],
+                limit=limit,
+                timeout=self.http_head_timeout,
             )
         self.log.info(
             "worker host ready: {count} app(s) from {apps}: {names}",

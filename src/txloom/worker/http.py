@@ -34,8 +34,10 @@ from txloom.wire.cocaine_http import (
     DEFAULT_HTTP_EVENT,
     HttpRequest,
     MalformedHttpPayload,
+    UnsafeTarget,
     decode_request,
     encode_response_head,
+    normalise_target,
 )
 from txloom.worker import errors
 from txloom.worker.appworker import EXIT_BAD_ARGUMENTS, Request, Response, Worker
@@ -177,6 +179,15 @@ class HttpSessionHandler:
         except MalformedHttpPayload as e:
             response.error(errors.BAD_ARGUMENTS, f"bad HTTP request chunk: {e}", errors.DISPATCH)
             return
+        try:
+            target = normalise_target(req.uri)
+        except UnsafeTarget as e:
+            # an engine other than txloom's host may pass such a target on unchecked
+            body = f"bad request target: {e}\n".encode()
+            head = [(b"Content-Type", b"text/plain"), (b"Content-Length", b"%d" % len(body))]
+            response.write(encode_response_head(400, head))
+            response.write(body)
+            return
         channel = SessionChannel(self.site, response, self.reactor, _forwarded_https(req))
         web_request = self.site.requestFactory(channel)
         channel.request = web_request
@@ -185,7 +196,7 @@ class HttpSessionHandler:
         web_request.gotLength(len(req.body))
         web_request.handleContentChunk(req.body)
         self._watch_upstream(request, response, web_request, channel)
-        web_request.requestReceived(req.method, req.uri, b"HTTP/" + req.version)
+        web_request.requestReceived(req.method, target, b"HTTP/" + req.version)
         await channel.done
 
     def _watch_upstream(

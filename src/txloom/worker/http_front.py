@@ -1,5 +1,9 @@
 """The worker host's HTTP front end: real HTTP/1.1 requests become ``http`` sessions.
 
+Request targets are normalised first: dot segments (``.``, ``..``, also percent-encoded)
+are removed before routing, so the app sees the path it would be asked for by a browser,
+and a target that climbs above the root (``/app/../../etc/passwd``) is refused with 400.
+
 Routing: the ``X-Cocaine-Service`` header names the app (and ``X-Cocaine-Event`` the
 event), the URI going through unchanged; otherwise the first path segment names the app
 and the rest of the path is what the worker sees (``/echo/a/b?x=1`` -> app ``echo``, URI
@@ -15,16 +19,23 @@ does not read).
 
 A client that does not read its response does not make the host buffer without bound:
 the session holds at most the app's backlog-limit of replies for it, then fails.
+
+Descriptors are bounded too: at most ``max_connections`` HTTP connections at once (by
+default what the descriptor limit leaves after a reserve for the Locator, the services
+and the workers), and a client that has not sent a whole request head within
+``head_timeout`` seconds is cut (``FrontChannel``).
 """
 
 from __future__ import annotations
 
+import resource
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
-from twisted.web.http import NO_BODY_CODES
+from twisted.python.failure import Failure
+from twisted.web.http import NO_BODY_CODES, HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -32,7 +43,13 @@ from zope.interface import implementer
 
 from txloom.interfaces import IDownstream
 from txloom.wire.cocaine import Header
-from txloom.wire.cocaine_http import MalformedHttpPayload, decode_response_head, encode_request
+from txloom.wire.cocaine_http import (
+    MalformedHttpPayload,
+    UnsafeTarget,
+    decode_response_head,
+    encode_request,
+    normalise_target,
+)
 from txloom.worker import errors
 from txloom.worker.http import HOP_BY_HOP
 
@@ -49,6 +66,18 @@ _NOT_FORWARDED = HOP_BY_HOP | {SERVICE_HEADER, EVENT_HEADER, TIMEOUT_HEADER}
 
 #: Room left in a message for the request line and headers around the body.
 ENVELOPE_ALLOWANCE = 64 * 1024
+
+#: Seconds a client has to send a whole request head (``--http-head-timeout``).
+DEFAULT_HTTP_HEAD_TIMEOUT = 10.0
+#: Descriptors kept for the Locator, services, logs and listeners (``--fd-reserve``),
+#: beyond ``FDS_PER_WORKER`` for every worker the pools may run.
+DEFAULT_FD_RESERVE = 128
+#: A worker's socket connection and its stdout and stderr pipes.
+FDS_PER_WORKER = 3
+#: HTTP connections allowed by default when the descriptor limit is unlimited.
+UNLIMITED_DESCRIPTORS_CAP = 65536
+#: Seconds between two warnings that the connection limit was reached.
+LIMIT_WARNING_INTERVAL = 60.0
 
 STATUS_FOR_ERROR = {
     (errors.ENGINE, errors.QUEUE_FULL): 503,
@@ -171,7 +200,7 @@ class HttpReply:
             self._complete()
             return
         try:
-            status, headers = decode_response_head(chunk)
+            head = decode_response_head(chunk)
         except MalformedHttpPayload as e:
             self.log.warn("{app}: bad HTTP response head: {error}", app=self.app, error=str(e))
             self.gone = True
@@ -179,10 +208,11 @@ class HttpReply:
             _plain(request, 502, f"bad response from app {self.app}")
             return
         self.started = True
+        status = head.status
         request.setResponseCode(status)
         grouped: dict[bytes, list[bytes]] = {}
         lengths: list[bytes] = []
-        for name, value in headers:
+        for name, value in head.headers:
             lowered = name.lower()
             if lowered not in HOP_BY_HOP:
                 grouped.setdefault(name, []).append(value)
@@ -255,6 +285,11 @@ class FrontResource(Resource):
         self.host = host
 
     def render(self, request: Request) -> Any:
+        try:
+            target = normalise_target(request.uri)
+        except UnsafeTarget as e:
+            _plain(request, 400, f"bad request target: {e}")
+            return NOT_DONE_YET
         headers = request.requestHeaders
         rpc = self.host.rpc
         if rpc is not None and rpc.has_http and request.path.startswith(b"/rpc/"):
@@ -266,9 +301,9 @@ class FrontResource(Resource):
         prefix = b""
         if app_header:
             app = app_header[0].decode("utf-8", "replace")
-            uri = request.uri
+            uri = target
         else:
-            path, _, rest = request.uri.lstrip(b"/").partition(b"/")
+            path, _, rest = target.lstrip(b"/").partition(b"/")
             app_bytes, _, query = path.partition(b"?")
             app = app_bytes.decode("utf-8", "replace")
             uri = b"/" + rest if rest or not query else b"/?" + query
@@ -306,23 +341,156 @@ class FrontResource(Resource):
         return NOT_DONE_YET
 
 
+class FrontChannel(HTTPChannel):
+    """One HTTP connection of the front end: a head deadline and a place in the count.
+
+    A client has ``head_timeout`` seconds to send a complete request head, counted from
+    the connection's start or from the end of the previous response; a stalled head (or a
+    keep-alive connection idle that long) is cut, so that stalled clients cannot hold
+    descriptors for the minute of twisted.web's idle timeout.
+    """
+
+    head_timeout: float = DEFAULT_HTTP_HEAD_TIMEOUT
+    site: FrontSite
+    _head_timer: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._arm_head()
+
+    def _arm_head(self) -> None:
+        if self.head_timeout > 0 and self._head_timer is None:
+            self._head_timer = self.callLater(self.head_timeout, self._head_overdue)
+
+    def _disarm_head(self) -> None:
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _head_overdue(self) -> None:
+        self._head_timer = None
+        self.site.stalled += 1
+        self.transport.abortConnection()  # nothing is owed to a client without a request
+
+    def allHeadersReceived(self) -> None:
+        self._disarm_head()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Request) -> None:
+        if self.persistent:
+            self._arm_head()  # the next head is due (disarmed at once if it is buffered)
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._disarm_head()
+        super().connectionLost(reason)
+        self.site.channel_closed()
+
+
 class FrontSite(Site):
-    """A Site without per-request access log lines (they would dominate the hot path)."""
+    """The front end's Site: at most ``max_connections`` connections, stalled heads cut.
+
+    At the limit the listening port stops accepting (clients wait in the kernel's
+    backlog, holding no descriptor of the host) and starts again as connections close.
+    No access log lines (they would dominate the hot path).
+    """
 
     noisy = False
+    protocol = FrontChannel
+    logger = Logger()
 
-    def __init__(self, resource: Resource) -> None:
-        super().__init__(resource)
+    def __init__(
+        self, resource: Resource, max_connections: int, head_timeout: float, reactor: Any
+    ) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.max_connections = max_connections
+        self.head_timeout = head_timeout
+        self.connections = 0
+        #: Connections cut for a stalled head; times accepting paused at the limit.
+        self.stalled = 0
+        self.pauses = 0
+        self.port: Any = None
+        self._accepting = True
+        self._warned_at: float | None = None
         #: Responses sent, by status code (the status site's metrics).
         self.responses: Counter[int] = Counter()
 
     def log(self, request: Request) -> None:
         self.responses[request.code] += 1
 
+    def listening(self, port: Any) -> None:
+        """The port this site is served on (paused and resumed at the limit)."""
+        self.port = port
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.connections >= self.max_connections:
+            # accepted in the same accept batch as the one that reached the limit: closed
+            # at once rather than holding a descriptor the limit does not allow
+            return None
+        channel = super().buildProtocol(addr)
+        channel.head_timeout = self.head_timeout
+        self.connections += 1
+        if self.connections >= self.max_connections:
+            self._stop_accepting()
+        return channel
+
+    def channel_closed(self) -> None:
+        self.connections -= 1
+        if not self._accepting and self.connections < self.max_connections:
+            self._accepting = True
+            if self.port is not None:
+                self.port.startReading()
+
+    def _stop_accepting(self) -> None:
+        if not self._accepting or self.port is None:
+            return
+        self._accepting = False
+        self.pauses += 1
+        self.port.stopReading()
+        now = self.reactor.seconds()
+        if self._warned_at is None or now - self._warned_at >= LIMIT_WARNING_INTERVAL:
+            self._warned_at = now
+            self.logger.warn(
+                "HTTP front end at its limit of {limit} connections; new ones wait "
+                "until one closes",
+                limit=self.max_connections,
+            )
+
+
+def connection_limit(requested: int | None, reserve: int) -> int:
+    """HTTP connections allowed: ``requested``, or what the descriptor limit leaves.
+
+    ``reserve`` descriptors stay for everything else (the Locator, services, workers);
+    a ``requested`` number that would eat into them raises ValueError.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return requested if requested is not None else UNLIMITED_DESCRIPTORS_CAP
+    room = soft - reserve
+    if room < 1:
+        raise ValueError(
+            f"the descriptor limit ({soft}) leaves no room for HTTP connections "
+            f"after the {reserve} kept for the Locator, services and workers"
+        )
+    if requested is None:
+        return room
+    if requested > room:
+        raise ValueError(
+            f"--http-max-connections {requested} leaves fewer than {reserve} of the "
+            f"descriptor limit ({soft}) for the Locator, services and workers; "
+            f"use at most {room}"
+        )
+    return requested
+
 
 class HttpFront:
     """The front end of one host: ``site`` is what the ``--http`` endpoint serves."""
 
-    def __init__(self, host: WorkerHost) -> None:
+    def __init__(
+        self,
+        host: WorkerHost,
+        max_connections: int,
+        head_timeout: float = DEFAULT_HTTP_HEAD_TIMEOUT,
+    ) -> None:
         self.host = host
-        self.site = FrontSite(FrontResource(host))
+        self.site = FrontSite(FrontResource(host), max_connections, head_timeout, host.reactor)

@@ -88,6 +88,8 @@ class WorkerPool:
         self._next_spawn_at = 0.0
         self._respawn_call: Any = None
         self._stopped: Deferred[None] | None = None
+        #: Sweeps of what exited workers left in their process groups (see ``GroupSweep``).
+        self._sweeps: set[Deferred[None]] = set()
         self.counters = {"accepted": 0, "rejected": 0, "spawned": 0, "crashed": 0}
         #: Workers discarded for missing their heartbeats (the status site's metrics).
         self.heartbeat_misses = 0
@@ -100,8 +102,11 @@ class WorkerPool:
         self.state = RUNNING
 
     def stop(self, reason: str = "engine shutting down") -> Deferred[None]:
-        """Fail the queue, terminate every worker; fires when all processes are gone."""
-        if self.state == STOPPED and not self.workers:
+        """Fail the queue, terminate every worker; fires when all processes are gone.
+
+        "All" includes what the workers started: the pool waits for their sweeps too.
+        """
+        if self.state == STOPPED and not self.workers and not self._sweeps:
             return succeed(None)
         self.state = STOPPING
         if self._respawn_call is not None and self._respawn_call.active():
@@ -111,11 +116,29 @@ class WorkerPool:
         end = (errors.SHUTTING_DOWN, reason)
         for worker in list(self.workers.values()):
             worker.terminate(reason, end)
-        if not self.workers:
+        if not self.workers and not self._sweeps:
             self.state = STOPPED
             return succeed(None)
         self._stopped = Deferred()
         return self._stopped
+
+    def sweeping(self, done: Deferred[None]) -> None:
+        """A sweep of an exited worker's group is under way; ``stop`` waits for it."""
+        if done.called:
+            return
+        self._sweeps.add(done)
+        done.addBoth(self._swept, done)
+
+    def _swept(self, result: object, done: Deferred[None]) -> None:
+        self._sweeps.discard(done)
+        self._maybe_stopped()
+
+    def _maybe_stopped(self) -> None:
+        if self.state == STOPPING and not self.workers and not self._sweeps:
+            self.state = STOPPED
+            if self._stopped is not None:
+                stopped, self._stopped = self._stopped, None
+                stopped.callback(None)
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -300,11 +323,7 @@ class WorkerPool:
         if worker in self._active:
             self._active.remove(worker)
         if self.state == STOPPING:
-            if not self.workers:
-                self.state = STOPPED
-                if self._stopped is not None:
-                    stopped, self._stopped = self._stopped, None
-                    stopped.callback(None)
+            self._maybe_stopped()
             return
         if not worker.handshaken:
             self._start_failed(worker, how)

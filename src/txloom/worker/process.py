@@ -1,16 +1,28 @@
-"""Worker processes: starting them, and reporting what they print in the host log.
+"""Worker processes: starting them, ending everything they started, logging what they print.
 
-``ProcessLauncher`` is the default ``IWorkerLauncher``: a plain ``reactor.spawnProcess``.
+``ProcessLauncher`` is the default ``IWorkerLauncher``. It starts each worker as the leader
+of a new session (``setsid``), so the worker and whatever it starts (a helper from
+``subprocess.Popen``, a forked child) form one process group, and signalling the worker's
+transport signals that whole group. That is what lets the host end an app completely: a
+helper that outlives its worker is terminated with it, and never keeps the host waiting.
+
 ``WorkerProcessProtocol`` turns the worker's stdout and stderr into log events tagged with
-the app and the worker's uuid (one event per line, long lines cut), and tells the worker's
-``WorkerControl`` when the process has ended.
+the app and the worker's uuid (one event per line, long lines cut). It tells the worker's
+``WorkerControl`` as soon as the worker process itself has exited (``processExited``),
+not when its pipes close: a child that inherited them may hold them open for ever.
+``GroupSweep`` then ends what the worker left behind.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.process import Process
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,12 +36,60 @@ if TYPE_CHECKING:
 #: A line of worker output longer than this is logged in pieces of this size.
 MAX_LOG_LINE = 16 * 1024
 
+#: How often a sweep checks whether anything of an exited worker's group is left (s).
+SWEEP_INTERVAL = 0.05
+
+#: Pipes still open this long after a worker's group is gone are held by a process that
+#: left the group on purpose (a daemon that called ``setsid``); they are closed then, so
+#: the host never waits on them nor keeps their descriptors.
+PIPE_GRACE = 1.0
+
+#: How long a sweep waits for a SIGKILLed group to be gone before it stops looking (s).
+KILL_WAIT = 1.0
+
 _STREAMS = {1: "stdout", 2: "stderr"}
+_NAMED_SIGNALS = ("HUP", "STOP", "INT", "KILL", "TERM")
+
+
+class WorkerProcess(Process):
+    """A child process that leads its own session; signals reach its whole group.
+
+    ``signalProcess`` works on the group, also after the leader itself has exited, until
+    nothing of the group is left (then it raises ``ProcessExitedAlready``, as for a plain
+    process). ``signalProcess(0)`` only checks that something of the group is alive.
+    """
+
+    #: The process group (the leader's pid) until it is known to be empty.
+    group: int | None = None
+
+    def _trySpawnInsteadOfFork(self, *args: Any) -> bool:
+        return False  # Twisted's posix_spawnp call cannot start a new session: fork
+
+    def _setupChild(self, fdmap: dict[int, int]) -> None:
+        os.setsid()
+        super()._setupChild(fdmap)
+
+    def _fork(self, *args: Any, **kwargs: Any) -> None:
+        super()._fork(*args, **kwargs)
+        self.group = self.pid
+
+    def signalProcess(self, signalID: str | int) -> None:
+        number = getattr(signal, f"SIG{signalID}") if signalID in _NAMED_SIGNALS else signalID
+        if self.group is None:
+            raise ProcessExitedAlready()
+        try:
+            os.killpg(self.group, number)
+        except ProcessLookupError:
+            if self.pid is not None:  # the child has not called setsid yet
+                super().signalProcess(number)
+                return
+            self.group = None
+            raise ProcessExitedAlready() from None
 
 
 @implementer(IWorkerLauncher)
 class ProcessLauncher:
-    """Starts each worker as a child process of the host."""
+    """Starts each worker as a child process of the host, in a session of its own."""
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
@@ -41,16 +101,76 @@ class ProcessLauncher:
         env: Mapping[str, str],
         cwd: str,
     ) -> Any:
-        transport = self.reactor.spawnProcess(
-            protocol,
+        transport = WorkerProcess(
+            self.reactor,
             argv[0],
             list(argv),
-            env=dict(env),
-            path=cwd,
+            dict(env),
+            cwd,
+            protocol,
             childFDs={0: "w", 1: "r", 2: "r"},
         )
         transport.closeStdin()
         return transport
+
+
+class GroupSweep:
+    """Ends what an exited worker left behind in its process group.
+
+    SIGTERM at once; SIGKILL once ``grace`` seconds have passed with something still
+    there. ``done`` fires when nothing of the group is left, at the latest ``KILL_WAIT``
+    after the SIGKILL (what is left then are remains not reaped yet by their new parent).
+    A launcher's transport that cannot signal a group simply reports it gone.
+    """
+
+    def __init__(self, process: Any, clock: Any, grace: float) -> None:
+        self.process = process
+        self.clock = clock
+        self.deadline = clock.seconds() + grace
+        self.done: Deferred[None] = Deferred()
+        self.killed = False
+        self._call: Any = None
+
+    def start(self) -> Deferred[None]:
+        if self._signal("TERM"):
+            self._call = self.clock.callLater(SWEEP_INTERVAL, self._check)
+        else:
+            self._finish()
+        return self.done
+
+    def _signal(self, sig: str | int) -> bool:
+        """Send ``sig`` to the group; False once nothing of it is left."""
+        if self.process is None:
+            return False
+        try:
+            self.process.signalProcess(sig)
+        except (ProcessExitedAlready, OSError):
+            return False
+        return True
+
+    def _check(self) -> None:
+        self._call = None
+        if not self._signal(0):
+            self._finish()
+            return
+        now = self.clock.seconds()
+        if now >= self.deadline:
+            if self.killed:  # only unreaped remains are left; they hold nothing
+                self._finish()
+                return
+            self.killed = True
+            self._signal("KILL")
+            self.deadline = now + KILL_WAIT
+        self._call = self.clock.callLater(SWEEP_INTERVAL, self._check)
+
+    def _finish(self) -> None:
+        if getattr(self.process, "pipes", None):
+            self.clock.callLater(PIPE_GRACE, self._close_pipes)
+        self.done.callback(None)
+
+    def _close_pipes(self) -> None:
+        if getattr(self.process, "pipes", None):
+            self.process.loseConnection()
 
 
 class WorkerProcessProtocol(ProcessProtocol):
@@ -83,11 +203,15 @@ class WorkerProcessProtocol(ProcessProtocol):
                 line=text,
             )
 
+    def processExited(self, reason: Failure) -> None:
+        """The worker process is gone (its pipes may live on in children it left)."""
+        exit_code = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        self.control.process_exited(exit_code, sig, self.transport)
+
     def processEnded(self, reason: Failure) -> None:
+        """Every pipe is closed too: log what was left of an unfinished line."""
         for fd, rest in self._partial.items():
             if rest:
                 self._emit(fd, rest)
         self._partial = {1: b"", 2: b""}
-        exit_code = getattr(reason.value, "exitCode", None)
-        signal = getattr(reason.value, "signal", None)
-        self.control.process_ended(exit_code, signal)

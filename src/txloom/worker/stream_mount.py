@@ -20,6 +20,7 @@ from txloom.interfaces import IReplyChannel, IService
 from txloom.streams import StreamServer
 from txloom.wire.cocaine import HeaderEntry
 from txloom.worker import errors
+from txloom.worker.host import listen_now
 
 __all__ = ["StreamMount", "StreamServiceEntry"]
 
@@ -65,8 +66,11 @@ class StreamMount(Service):
         self.ready: Deferred[None] = Deferred()
 
     def startService(self) -> None:
+        """Listen now (TCP and TLS listens complete at once) and publish; a port that cannot
+        be had is a ``HostError``, which ``twistd workerhost`` turns into one line and exit 1."""
         super().startService()
-        self.server.listen().addCallbacks(self._publish, self._failed)
+        port = listen_now(self.server.listen(), f"{self.server.options.endpoint} (streams)")
+        self._publish(port)
 
     def _publish(self, port: Any) -> None:
         host, number = self.server.address  # type: ignore[misc]
@@ -83,10 +87,6 @@ class StreamMount(Service):
             names=", ".join(sorted(self.services)),
         )
         self.ready.callback(None)
-
-    def _failed(self, failure: Any) -> None:
-        self.log.failure("stream services cannot listen", failure)
-        self.ready.errback(failure)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

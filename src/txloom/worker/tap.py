@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from txloom import extensions, systemd
 from txloom.config import PluginOptions
-from txloom.interfaces import IStreamServiceFactory
+from txloom.interfaces import IStreamServiceFactory, IWorkerLauncherFactory
 from txloom.shutdown import CleanExitOnSignal, StartFailed
 from txloom.status.options import status_option, valid_status_endpoint
 from txloom.status.site import StatusService
@@ -34,8 +35,12 @@ from txloom.worker.host import (
     HostError,
     WorkerHost,
 )
+from txloom.worker.http_front import DEFAULT_FD_RESERVE, DEFAULT_HTTP_HEAD_TIMEOUT
 from txloom.worker.logging_service import DEBUG, ERROR, INFO, WARNING
 from txloom.worker.rpc_service import build_controller
+
+#: The launcher chosen unless ``--launcher`` says otherwise.
+DEFAULT_LAUNCHER = "process"
 
 VERBOSITY = {"debug": DEBUG, "info": INFO, "warning": WARNING, "error": ERROR}
 
@@ -119,6 +124,33 @@ class Options(PluginOptions):
         ],
         ["rpc-grpc", None, None, "Endpoint for reverse-RPC agents over gRPC, e.g. tcp:7301."],
         ["rpc-token-file", None, None, "File holding the token reverse-RPC agents must send."],
+        [
+            "http-max-connections",
+            None,
+            None,
+            "HTTP connections served at once; more wait in the listen backlog. Default: "
+            "the descriptor limit minus --fd-reserve and 3 per worker the pools may run.",
+        ],
+        [
+            "http-head-timeout",
+            None,
+            f"{DEFAULT_HTTP_HEAD_TIMEOUT:g}",
+            "Seconds an HTTP client has to send a whole request head (from connecting, or "
+            "from the end of its previous response); then it is cut.",
+        ],
+        [
+            "launcher",
+            None,
+            DEFAULT_LAUNCHER,
+            "How workers are started: one of the installed launchers (listed here).",
+        ],
+        [
+            "fd-reserve",
+            None,
+            str(DEFAULT_FD_RESERVE),
+            "File descriptors HTTP connections never take, kept for the Locator, the "
+            "services and logs (the workers' own are reserved on top).",
+        ],
         status_option(),
     ]
     optFlags = [
@@ -127,7 +159,17 @@ class Options(PluginOptions):
 
     def __init__(self) -> None:
         super().__init__()
+        self["launcher-option"] = []
+        # listed when asked, so that a launcher installed since the import is there too
+        self.docs["launcher"] = (
+            f"How workers are started: one of the installed launchers, "
+            f"{extensions.describe(IWorkerLauncherFactory)}."
+        )
         self["stream-services"] = []
+
+    def opt_launcher_option(self, word: str) -> None:
+        """KEY=VALUE setting for the chosen launcher (may be repeated)."""
+        self["launcher-option"].append(word)
 
     def opt_stream_service(self, value: str) -> None:
         """'NAME [key=value ...]': serve the stream service NAME with --streams (repeatable)."""
@@ -175,6 +217,18 @@ class Options(PluginOptions):
             except OSError as e:
                 raise usage.UsageError(f"--rpc-token-file: {e.strerror}") from None
             self["rpc-token"] = text.strip()
+        self["http-max-connections"] = _number(
+            self["http-max-connections"], "--http-max-connections", int, 1
+        )
+        self["http-head-timeout"] = _number(
+            self["http-head-timeout"], "--http-head-timeout", float, 0
+        )
+        self["fd-reserve"] = _number(self["fd-reserve"], "--fd-reserve", int, 0)
+        factory = extensions.choose(IWorkerLauncherFactory, self["launcher"], "--launcher")
+        self["launcher-factory"] = factory
+        self["launcher-options"] = extensions.parse_options(
+            factory, self["launcher-option"], "--launcher-option"
+        )
         for name in ("locator", "http", "streams", "rpc"):
             if self[name] is None:
                 continue
@@ -182,6 +236,20 @@ class Options(PluginOptions):
                 serverFromString(default_reactor(), self[name])
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError(f"--{name}: bad endpoint {self[name]!r}: {e}") from None
+
+
+def _number(value: str | None, option: str, kind: type, least: float) -> Any:
+    """``value`` as an int or float of at least ``least`` (None stays None)."""
+    if value is None:
+        return None
+    try:
+        number = kind(value)
+        if not number >= least:  # also refuses NaN
+            raise ValueError
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise usage.UsageError(f"{option} must be {what} >= {least:g}, not {value!r}") from None
+    return number
 
 
 class CommandLineWorkerHost(WorkerHost):
@@ -196,6 +264,8 @@ class CommandLineWorkerHost(WorkerHost):
 
 def makeService(options: Options) -> WorkerHost:
     """The worker host; stops cleanly (exit 0) on SIGTERM once started by twistd."""
+    reactor = default_reactor()
+    launcher = options["launcher-factory"].launcher(reactor, options["launcher-options"])
     host = CommandLineWorkerHost(
         options["apps"],
         options["runtime"],
@@ -207,6 +277,11 @@ def makeService(options: Options) -> WorkerHost:
         rpc=build_controller(
             options["rpc"], options["rpc-grpc"], options["rpc-http"], options["rpc-token"]
         ),
+        http_max_connections=options["http-max-connections"],
+        http_head_timeout=options["http-head-timeout"],
+        fd_reserve=options["fd-reserve"],
+        reactor=reactor,
+        launcher=launcher,
     )
     if options["streams"]:
         from txloom.worker.stream_mount import StreamMount  # noqa: PLC0415 - only if asked

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 import time
 
@@ -111,6 +112,38 @@ async def vanish(request: Request, response: Response) -> None:
 async def leave(request: Request, response: Response) -> None:
     """Exits with code 3 in the middle of the session."""
     response.write(b"bye")
+    reactor.callLater(0.05, os._exit, 3)
+    await Deferred()
+
+
+HELPER = (
+    "import signal, sys, time\n"
+    "if sys.argv[1] == 'ignore-term':\n"
+    "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "time.sleep(120)\n"
+)
+
+
+@worker.on("helper")
+async def helper(request: Request, response: Response) -> None:
+    """Starts a helper process that shares the worker's stdout/stderr; answers its pid.
+
+    The request says whether the helper ignores SIGTERM (``ignore-term``).
+    """
+    how = (await request.read_all()).decode() or "plain"
+    child = subprocess.Popen([sys.executable, "-c", HELPER, how])
+    response.write(str(child.pid))
+
+
+@worker.on("fork-exit")
+async def fork_exit(request: Request, response: Response) -> None:
+    """Forks a child that keeps every descriptor of the worker (socket and pipes), answers
+    the child's pid, then the worker exits with code 3 mid-session."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(120)
+        os._exit(0)
+    response.write(str(pid))
     reactor.callLater(0.05, os._exit, 3)
     await Deferred()
 
