@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txloom.aioloop import AsyncioRunner, runner_for
+from txloom.aioloop import AsyncioRunner, SameLoop, runner_for
 from txloom.interfaces import IRPCClientTransport
 from txloom.rpc.grpc.address import ClientTLS
 from txloom.rpc.grpc.messages import (
@@ -125,6 +125,7 @@ class GrpcClientTransport:
         self.reactor = reactor
         self._own_runner = not isinstance(runner, AsyncioRunner)
         self.runner = runner if isinstance(runner, AsyncioRunner) else runner_for(reactor, runner)
+        self._same_loop = isinstance(self.runner, SameLoop)
         self.max_message_size = max_message_size
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
@@ -224,7 +225,10 @@ class GrpcClientTransport:
         self._outbox.append((session, data))
         if not self._outbox_scheduled:
             self._outbox_scheduled = True
-            self.runner.call_in_loop(self._wake)
+            if self._same_loop:  # on the loop's own thread already: no hop needed
+                self._wake()
+            else:
+                self.runner.call_in_loop(self._wake)
 
     def _end_session(self) -> None:
         """The session is over: what its requests would still compute has nowhere to go."""

@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txloom.aioloop import AsyncioRunner, runner_for
+from txloom.aioloop import AsyncioRunner, SameLoop, runner_for
 from txloom.interfaces import IRPCPeer, IRPCServerTransport
 from txloom.rpc.grpc.address import ServerTLS, parse_listen
 from txloom.rpc.grpc.messages import (
@@ -97,6 +97,7 @@ class GrpcPeer:
         self.address = address
         self._owner = owner
         self._runner = owner.runner
+        self._same_loop = isinstance(owner.runner, SameLoop)
         self._queue_limit = queue_limit
         # reactor side
         #: set once the registry accepted the hello; only then is a departure reported
@@ -144,7 +145,10 @@ class GrpcPeer:
         self._outbox.append(data)
         if not self._outbox_scheduled:
             self._outbox_scheduled = True
-            self._runner.call_in_loop(self._wake)
+            if self._same_loop:  # on the loop's own thread already: no hop needed
+                self._wake()
+            else:
+                self._runner.call_in_loop(self._wake)
 
     def _deliver(self) -> None:
         """Responses and the departure, into the registry, in arrival order."""
