@@ -5,7 +5,10 @@
 
 For each transport (stream over TCP, long-poll, heartbeat, gRPC) and for Twisted AMP in the
 same shape (the agent process dials the controller, the controller calls the agent):
-calls/s, p50/p99 latency and the controller's CPU per call, at concurrency 1 and 64.
+calls/s, p50/p99 latency and the controller's CPU per call, at concurrency 1 and 64. The
+gRPC transport is also compared with the same echo over a plain grpcio bidirectional
+stream (no Twisted, no txloom: ``bench/rpc_grpc_bench.py``'s grpcio-only controller and
+agent, each in its own process).
 Then ``call_all`` latency to 10, 100 and 1,000 agents (stream transport, the agents
 multiplexed over four processes). The controller is this process; agents run in child
 processes (``--agent``). Ratios against AMP are measured in the same run. The reactor is
@@ -15,11 +18,13 @@ epoll (``twistd``'s default) unless ``--asyncio`` is given.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 if "--asyncio" in sys.argv:
@@ -43,6 +48,7 @@ from txloom.rpc import Clients, Dispatcher, HandlerRegistry, rpc_type
 TARGET_STREAM_VS_AMP_64 = 2.0
 TARGET_STREAM_VS_AMP_1 = 1.0
 TARGET_CALL_ALL_1000_P99_MS = 100.0
+TARGET_GRPC_VS_GRPCIO = 0.7
 
 
 @rpc_type("bench.Echo")
@@ -166,6 +172,24 @@ async def amp_rows(seconds: float) -> list[tuple]:
     return rows
 
 
+def plain_grpcio_rows(seconds: float) -> list[tuple]:
+    """The echo over a plain grpcio bidirectional stream, in two processes of its own."""
+    script = Path(__file__).with_name("rpc_grpc_bench.py")
+    argv = [sys.executable, str(script), "--plain-json", "--seconds", str(seconds)]
+    argv += ["--warmup", str(min(1.0, seconds / 2))]
+    run = subprocess.run(argv, capture_output=True, text=True, check=True)
+    rows = []
+    for r in json.loads(run.stdout.strip().splitlines()[-1]):
+        result = {
+            "calls/s": r["calls_per_s"],
+            "p50 ms": r["p50_ms"],
+            "p99 ms": r["p99_ms"],
+            "cpu us/call": r["cpu_us_per_call"],
+        }
+        rows.append(("grpcio", r["concurrency"], result))
+    return rows
+
+
 async def call_all_rows(sizes: list[int], rounds: int) -> list[tuple]:
     factory = available(IRPCTransportFactory)["stream"]
     clients = Clients()
@@ -213,6 +237,7 @@ async def main(args: argparse.Namespace) -> None:
     rows += await rpc_rows(
         "grpc", ["listen=tcp:0:interface=127.0.0.1"], "grpc://127.0.0.1:{port}", seconds
     )
+    rows += plain_grpcio_rows(seconds)
     header = ("transport", "conc", "calls/s", "p50 ms", "p99 ms", "ctl cpu us/call")
     print("\n{:<10} {:>4} {:>9} {:>8} {:>8} {:>16}".format(*header))
     for name, concurrency, r in rows:
@@ -222,10 +247,18 @@ async def main(args: argparse.Namespace) -> None:
         )
     by = {(n, c): r["calls/s"] for n, c, r in rows}
     print("\nratios against AMP (same run, same two-process shape):")
-    for name in ("stream", "longpoll", "heartbeat", "grpc"):
+    for name in ("stream", "longpoll", "heartbeat", "grpc", "grpcio"):
         for concurrency in (1, 64):
             ratio = by[(name, concurrency)] / by[("AMP", concurrency)]
             print(f"  {name:<10} c{concurrency:<3} {ratio:5.2f}x AMP")
+    mode = "the reactor's loop" if "--asyncio" in sys.argv else "a thread (epoll reactor)"
+    print(f"gRPC transport against plain grpcio (same run; grpc.aio on {mode}):")
+    for concurrency in (1, 64):
+        ratio = by[("grpc", concurrency)] / by[("grpcio", concurrency)]
+        met = "met" if ratio >= TARGET_GRPC_VS_GRPCIO else "MISSED"
+        print(
+            f"  c{concurrency:<3} {ratio:5.2f}x grpcio (target >= {TARGET_GRPC_VS_GRPCIO}: {met})"
+        )
     r64 = by[("stream", 64)] / by[("AMP", 64)]
     r1 = by[("stream", 1)] / by[("AMP", 1)]
     met64 = "met" if r64 >= TARGET_STREAM_VS_AMP_64 else "MISSED"

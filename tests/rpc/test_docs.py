@@ -20,6 +20,8 @@ EXPECTED = [
     ["Pong(text='HELLO')", "{'agent-1': Pong(text='ALL')}", "error code: not_found"],
     ["'lp-1': b'db-1: up 3 days'", "'hb-1': b'db-1: up 3 days'"],
     ["b'agent-host-1'"],
+    ["hello, world", "UNAVAILABLE"],
+    ["own thread {'agent-1': 'hello, epoll'}"],
     ["Echo(text='desserts')"],
 ]
 

@@ -202,23 +202,26 @@ class LongPollHarness(HttpHarness):
 
 
 class GrpcHarness(Harness):
-    """The gRPC transport (aperture's wire), built through its plugin factory."""
+    """The gRPC transport (aperture's wire), built through its plugin factory; grpc.aio on
+    the reactor's own loop (the suite runs on the asyncio reactor)."""
 
     kind = "grpc"
+    asyncio = "same"
 
     async def start(self, clients: Clients) -> None:
         from txloom.extensions import available, parse_options
         from txloom.interfaces import IRPCTransportFactory
 
         self.factory = available(IRPCTransportFactory)["grpc"]
-        words = ["listen=tcp:0:interface=127.0.0.1", "hello-timeout=2"]
+        words = ["listen=tcp:0:interface=127.0.0.1", "hello-timeout=2", f"asyncio={self.asyncio}"]
         self.server = self.factory.server(clients, parse_options(self.factory, words, "-"))
         await self.server.start()
 
     def client(self, name: str, dispatcher: Any, token: str | None) -> Any:
         from txloom.extensions import parse_options
 
-        options = parse_options(self.factory, ["reconnect-initial=0.05", "reconnect-max=0.2"], "-")
+        words = ["reconnect-initial=0.05", "reconnect-max=0.2", f"asyncio={self.asyncio}"]
+        options = parse_options(self.factory, words, "-")
         url = f"grpc://127.0.0.1:{self.server.port}"
         return self.factory.client(url, name, dispatcher, token, options)
 
@@ -230,6 +233,13 @@ class GrpcHarness(Harness):
         with socket.create_connection(("127.0.0.1", self.server.port)) as sock:
             sock.sendall(b"\x00\x00\x00\x05\xff\xfe\xfd\xfc\xfb" * 20)
             await until_closed(sock)
+
+
+class GrpcThreadHarness(GrpcHarness):
+    """The gRPC transport with grpc.aio in a thread of its own, as under twistd's epoll."""
+
+    kind = "grpc-thread"
+    asyncio = "thread"
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -249,4 +259,5 @@ HARNESSES: dict[str, Callable[[Path], Harness]] = {
     "heartbeat": HttpHarness,
     "longpoll": LongPollHarness,
     "grpc": GrpcHarness,
+    "grpc-thread": GrpcThreadHarness,
 }
