@@ -18,8 +18,7 @@ LISTENING = r"listening on tcp:127\.0\.0\.1:(\d+)"
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[str]:
-    # --relay: what one command publishes reaches the other commands attached to the node
-    child = twistd("busnode", "--listen", "tcp:0:interface=127.0.0.1", "--relay")
+    child = twistd("busnode", "--listen", "tcp:0:interface=127.0.0.1")
     with child.start():
         port = child.wait_for(LISTENING, timeout=30).group(1)
         yield f"ws://127.0.0.1:{port}/meta/message"

@@ -3,11 +3,10 @@
 The bus and the mesh are imported when a subcommand runs, not when the parser is built:
 ``txloom --help`` and the store's subcommands do not pay for WebSocket and TLS imports.
 
-The command joins the mesh as a short-lived node of its own (no listener, no discovery)
-dialled to one node, so it needs nothing on the node's side but its mesh endpoint: what
-it publishes reaches that node's pods (and, with ``--relay`` on the node, the rest of the
-mesh); what it prints is what that node's pods publish. ``stats`` is the node's
-``txloom.node.status`` reply.
+The command attaches to one node as a bus client (``txloom.bus.client``: the node's mesh
+endpoint, no listener, never taken for a mesh peer): what it publishes reaches that node's
+pods, its other clients (other ``txloom bus`` commands) and its mesh peers; what it prints
+is every message the node carries. ``stats`` is the node's ``txloom.node.status`` reply.
 """
 
 from __future__ import annotations
@@ -114,7 +113,12 @@ class _Attachment:
         self.reactor = reactor
         self.bus = Bus(reactor=reactor)
         self.mesh = WebSocketMesh(
-            self.bus, listen=None, token=token, withdraw_timeout=LEAVE_TIMEOUT, reactor=reactor
+            self.bus,
+            listen=None,
+            token=token,
+            withdraw_timeout=LEAVE_TIMEOUT,
+            as_client=True,
+            reactor=reactor,
         )
 
     async def join(self) -> None:
