@@ -26,12 +26,14 @@ def test_all_in_one_node_serves_every_part_and_exits_cleanly(tmp_path) -> None:
             "--http", "tcp:0:interface=127.0.0.1",
             "--runtime", runtime,
             "--bus-listen", "tcp:0:interface=127.0.0.1",
+            "--rpc", "tcp:0:interface=127.0.0.1",
             "--status", "tcp:0:interface=127.0.0.1",
         )  # fmt: skip
         with node.start():
             store = node.wait_for(r"storeserver listening on tcp:127\.0\.0\.1:(\d+)")
             http = node.wait_for(r"HTTP front end listening on tcp:127\.0\.0\.1:(\d+)")
             node.wait_for(r"worker host ready")
+            node.wait_for(r"agent example-agent joined over stream")
             bus = node.wait_for(r"bus node \S+ \(group \S+\) listening on tcp:127\.0\.0\.1:(\d+)")
 
             backend = NetworkBackend(address=f"127.0.0.1:{store.group(1)}", transport="tcp")

@@ -2,9 +2,10 @@
 
 This is what ``make run`` starts: a store server on 7400 with its write-ahead log under
 ``DATA/store``, the worker host serving its example apps (an echo worker through the
-Locator on 10053, a WSGI hello app over HTTP on 8080) and the ``facts`` nested-stream
-service on 7410 (each store's facts, found through the Locator), and a bus node (WebSocket
-mesh on 8081), with one status site for all of them on 9400 (``/healthz``, ``/readyz``,
+Locator on 10053, a WSGI hello app over HTTP on 8080, reverse-RPC agents on 7300 and at
+/rpc/ on 8080 with one example agent joined) and the ``facts`` nested-stream service on
+7410 (each store's facts, found through the Locator), and a bus node (WebSocket mesh on
+8081), with one status site for all of them on 9400 (``/healthz``, ``/readyz``,
 ``/metrics``). Each part is built by its own plugin's ``Options``/``makeService``, exactly
 as ``twistd storeserver ...`` would build it, so the all-in-one node never drifts from the
 single-purpose plugins; only the arguments are chosen here.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import reactor
 from twisted.logger import Logger
 from twisted.python import usage
@@ -54,6 +55,8 @@ def _store_arguments(options: Options) -> list[str]:
 def _worker_arguments(options: Options) -> list[str]:
     arguments = ["--apps", options["apps"] or str(APPS_DIR), "--locator", options["locator"]]
     arguments += ["--http", options["http"]]
+    if options["rpc"] != "none":
+        arguments += ["--rpc", options["rpc"], "--rpc-http"]
     store = _store_client_endpoint(options["store-listen"])
     if options["streams"] != "none" and "store" not in options["without"] and store:
         arguments += ["--streams", options["streams"], "--stream-service", f"facts store={store}"]
@@ -127,6 +130,12 @@ class Options(PluginOptions):
         ["locator", None, "tcp:10053:interface=127.0.0.1", "Worker host: Locator endpoint."],
         ["http", None, "tcp:8080:interface=127.0.0.1", "Worker host: HTTP front end endpoint."],
         [
+            "rpc",
+            None,
+            "tcp:7300:interface=127.0.0.1",
+            "Worker host: reverse-RPC stream endpoint ('none': no RPC, no example agent).",
+        ],
+        [
             "streams",
             None,
             "tcp:7410:interface=127.0.0.1",
@@ -185,10 +194,14 @@ def _part_arguments(options: Options, component: Component, sub: usage.Options) 
     where = f"--config {options.config_path}: [{component.name}]"
     from_file = section_arguments(table, sub, where)
     named = {a for a in from_file if a.startswith("--")}
-    kept = []
-    for name, value in zip(arguments[::2], arguments[1::2], strict=True):
-        if name not in named:
-            kept += [name, value]
+    kept: list[str] = []
+    i = 0
+    while i < len(arguments):  # "--name value" pairs and lone "--flag"s
+        takes_value = i + 1 < len(arguments) and not arguments[i + 1].startswith("--")
+        group = arguments[i : i + 2] if takes_value else arguments[i : i + 1]
+        if group[0] not in named:
+            kept += group
+        i += len(group)
     return kept + from_file
 
 
@@ -208,6 +221,42 @@ def makeService(options: Options) -> IService:
             name=component.name,
             arguments=" ".join(arguments),
         )
+    if "workerhost" not in options["without"] and options["rpc"] != "none":
+        ExampleAgent(root.getServiceNamed("workerhost")).setServiceParent(root)
     if status is not None:
         status.setServiceParent(root)
     return root
+
+
+class ExampleAgent(Service):
+    """An agent serving ``txloom.rpc.examples.echo``, joined to the worker host's RPC
+    controller as ``example-agent`` (so ``make run`` has something to call)."""
+
+    name = "rpc-example-agent"
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+        self.agent: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        from txloom.rpc import Dispatcher  # noqa: PLC0415
+        from txloom.rpc.agent import load_handlers  # noqa: PLC0415
+        from txloom.rpc.transports.stream import StreamClientTransport  # noqa: PLC0415
+
+        stream = self.host.rpc.transports[0]
+
+        def connect() -> None:
+            if stream.address is None:  # the controller listens once the host started
+                reactor.callLater(0.05, connect)
+                return
+            url = f"tcp://{stream.address.host}:{stream.address.port}"
+            handlers = load_handlers(["txloom.rpc.examples.echo"])
+            self.agent = StreamClientTransport(url, "example-agent", Dispatcher(handlers))
+            self.agent.start()
+
+        connect()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.agent.stop() if self.agent is not None else None

@@ -18,8 +18,16 @@ process_launcher = ProcessLauncherFactory()
 
 # Reverse RPC: IRPCTransportFactory
 from txloom.rpc.grpc.factory import GrpcTransportFactory  # noqa: E402
+from txloom.rpc.transports.factories import (  # noqa: E402
+    HeartbeatTransportFactory,
+    LongPollTransportFactory,
+    StreamTransportFactory,
+)
 
 rpc_grpc = GrpcTransportFactory()
+rpc_stream = StreamTransportFactory()
+rpc_heartbeat = HeartbeatTransportFactory()
+rpc_longpoll = LongPollTransportFactory()
 
 # Nested streams: IAddressResolverFactory, IStreamServiceFactory
 from txloom.facts_streams import FactsServiceFactory  # noqa: E402

@@ -99,6 +99,7 @@ class WorkerHost(MultiService):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         reactor: Any = None,
         launcher: IWorkerLauncher | None = None,
+        rpc: Any = None,
         http_max_connections: int | None = None,
         http_head_timeout: float = DEFAULT_HTTP_HEAD_TIMEOUT,
         fd_reserve: int = DEFAULT_FD_RESERVE,
@@ -127,6 +128,12 @@ class WorkerHost(MultiService):
         self.http_address: tuple[str, int] | None = None
         self.http_front: Any = None
         self._ports: list[Any] = []
+        #: The reverse-RPC controller (``txloom.rpc.service.RpcControllerService``), if any:
+        #: run as a child service, its agents callable through the Locator's ``rpc``
+        #: service, its HTTP transports served at ``/rpc/`` on the HTTP front end.
+        self.rpc = rpc
+        if rpc is not None:
+            rpc.setServiceParent(self)
 
     # -- start ----------------------------------------------------------------------------
 
@@ -164,6 +171,10 @@ class WorkerHost(MultiService):
         self.log.info("locator listening on tcp:{host}:{port}", host=host, port=number)
         self.locator.register(self.locator, [(host, number)])
         self._serve(self.logging)
+        if self.rpc is not None:
+            from txloom.worker.rpc_service import RpcService  # noqa: PLC0415
+
+            self._serve(RpcService(self.rpc.clients))
         for manifest in apps:
             self.add_app(manifest)
         if self.http_description:

@@ -291,6 +291,12 @@ class FrontResource(Resource):
             _plain(request, 400, f"bad request target: {e}")
             return NOT_DONE_YET
         headers = request.requestHeaders
+        rpc = self.host.rpc
+        if rpc is not None and rpc.has_http and request.path.startswith(b"/rpc/"):
+            # Reverse-RPC agents over HTTP (heartbeat, long-poll): /rpc/<transport path>.
+            leaf = rpc.resource.children.get(request.path[5:].rstrip(b"/"))
+            if leaf is not None:
+                return leaf.render(request)
         app_header = headers.getRawHeaders(SERVICE_HEADER)
         prefix = b""
         if app_header:

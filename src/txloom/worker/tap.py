@@ -37,6 +37,7 @@ from txloom.worker.host import (
 )
 from txloom.worker.http_front import DEFAULT_FD_RESERVE, DEFAULT_HTTP_HEAD_TIMEOUT
 from txloom.worker.logging_service import DEBUG, ERROR, INFO, WARNING
+from txloom.worker.rpc_service import build_controller
 
 #: The launcher chosen unless ``--launcher`` says otherwise.
 DEFAULT_LAUNCHER = "process"
@@ -115,6 +116,15 @@ class Options(PluginOptions):
             "Largest protocol message accepted from a client, in bytes.",
         ],
         [
+            "rpc",
+            None,
+            None,
+            "Endpoint string for reverse-RPC agents over the stream transport, e.g. "
+            "tcp:7300 (their functions are then callable through the Locator's rpc service).",
+        ],
+        ["rpc-grpc", None, None, "Endpoint for reverse-RPC agents over gRPC, e.g. tcp:7301."],
+        ["rpc-token-file", None, None, "File holding the token reverse-RPC agents must send."],
+        [
             "http-max-connections",
             None,
             None,
@@ -142,6 +152,9 @@ class Options(PluginOptions):
             "services and logs (the workers' own are reserved on top).",
         ],
         status_option(),
+    ]
+    optFlags = [
+        ["rpc-http", None, "Serve the heartbeat and long-poll RPC transports at /rpc/ on --http."]
     ]
 
     def __init__(self) -> None:
@@ -195,6 +208,15 @@ class Options(PluginOptions):
                 raise ValueError
         except ValueError:
             raise usage.UsageError("--max-message-size must be an integer >= 1024") from None
+        if self["rpc-http"] and not self["http"]:
+            raise usage.UsageError("--rpc-http needs --http (the front end serves /rpc/)")
+        self["rpc-token"] = None
+        if self["rpc-token-file"]:
+            try:
+                text = Path(self["rpc-token-file"]).read_text(encoding="utf-8")
+            except OSError as e:
+                raise usage.UsageError(f"--rpc-token-file: {e.strerror}") from None
+            self["rpc-token"] = text.strip()
         self["http-max-connections"] = _number(
             self["http-max-connections"], "--http-max-connections", int, 1
         )
@@ -207,7 +229,7 @@ class Options(PluginOptions):
         self["launcher-options"] = extensions.parse_options(
             factory, self["launcher-option"], "--launcher-option"
         )
-        for name in ("locator", "http", "streams"):
+        for name in ("locator", "http", "streams", "rpc"):
             if self[name] is None:
                 continue
             try:
@@ -252,6 +274,9 @@ def makeService(options: Options) -> WorkerHost:
         service_host=options["service-host"],
         verbosity=VERBOSITY[options["verbosity"]],
         max_message_size=options["max-message-size"],
+        rpc=build_controller(
+            options["rpc"], options["rpc-grpc"], options["rpc-http"], options["rpc-token"]
+        ),
         http_max_connections=options["http-max-connections"],
         http_head_timeout=options["http-head-timeout"],
         fd_reserve=options["fd-reserve"],

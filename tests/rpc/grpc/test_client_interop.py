@@ -6,8 +6,6 @@ passes here is the aperture wire itself, in both of ``txloom.aioloop``'s modes.
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import pytest_twisted
 from google.protobuf import any_pb2, duration_pb2
@@ -18,7 +16,6 @@ from support.rpc_grpc import RawController, RecordingDispatcher, on_loop
 from support.waiting import until
 from txloom.interfaces import IRPCClientTransport
 from txloom.rpc.grpc import GrpcClientTransport
-from txloom.rpc.grpc.client import backoff_delay
 from txloom.rpc.grpc.proto.aperture.rpc.v1 import rpc_pb2
 
 RUNNERS = ["same", "thread"]
@@ -124,13 +121,3 @@ async def test_agent_waits_for_a_controller_that_starts_late_and_stops_cleanly(
     finally:
         await agent.stop()
         await on_loop(controller.stop())
-
-
-def test_backoff_grows_to_its_cap_with_jitter() -> None:
-    rng = random.Random(7)
-    delays = [backoff_delay(n, 0.5, 10.0, rng) for n in range(1, 10)]
-    assert backoff_delay(0) == 0.0
-    assert 0.25 <= delays[0] <= 0.5
-    assert 0.5 <= delays[1] <= 1.0
-    assert all(5.0 <= d <= 10.0 for d in delays[5:])
-    assert len({round(d, 6) for d in delays[5:]}) > 1  # jittered, not in lockstep

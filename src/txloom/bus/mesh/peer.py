@@ -9,7 +9,6 @@ keeps a slow peer from buffering without bound.
 from __future__ import annotations
 
 import hmac
-from collections import deque
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +21,10 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from txloom.bus.mesh.clients import CLIENT_PROTOCOL
+from txloom.sendwindow import SendWindow
 from txloom.wire.errors import RemoteProtocolError
 from txloom.wire.grav import WITHDRAW, WITHDRAW_ACK, Handshake, HandshakeReply
 from txloom.wire.grav_session import (
@@ -57,57 +55,6 @@ CLOSE_GOING_AWAY = CLOSE_NODE_STOPPING
 #: Header a txloom node adds to its upgrade request, so that the node it dials knows which
 #: rule settles a mutual dial (see ``txloom.bus.mesh.mesh``). Grav nodes ignore it.
 TXLOOM_HEADER = "X-Txloom-Mesh"
-
-
-@implementer(IPushProducer)
-class SendWindow:
-    """What a connection may still write, and what waits while it may not.
-
-    Registered as the transport's streaming producer: Twisted pauses it as soon as more than
-    its buffer size waits to be written, and resumes it once everything went out. While
-    paused, frames wait here in order (so the transport buffers at most about one buffer
-    size); past ``limit`` waiting bytes new frames are dropped and counted, so that a slow
-    peer costs bounded memory and never holds up the others.
-    """
-
-    __slots__ = ("_resumed", "_send", "limit", "paused", "queue", "queued_bytes")
-
-    def __init__(self, send: Any, limit: int, resumed: Any = None) -> None:
-        self._send = send
-        self._resumed = resumed
-        self.limit = limit
-        self.paused = False
-        self.queue: deque[bytes] = deque()
-        self.queued_bytes = 0
-
-    def offer(self, payload: bytes) -> bool:
-        """Send now, or queue; False if it had to be dropped."""
-        if not self.paused and not self.queue:
-            self._send(payload)
-            return True
-        if self.queued_bytes + len(payload) > self.limit:
-            return False
-        self.queue.append(payload)
-        self.queued_bytes += len(payload)
-        return True
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        queue = self.queue
-        while queue and not self.paused:  # sending may pause us again at once
-            payload = queue.popleft()
-            self.queued_bytes -= len(payload)
-            self._send(payload)
-        if not self.paused and self._resumed is not None:
-            self._resumed()
-
-    def stopProducing(self) -> None:
-        self.paused = True
-        self.queue.clear()
-        self.queued_bytes = 0
 
 
 class MeshConnection:

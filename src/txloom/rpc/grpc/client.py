@@ -1,15 +1,18 @@
 """The agent's end of the gRPC transport: one ``Connect`` stream to a controller.
 
 Each session opens a fresh channel and stream, says hello (the token in the call metadata)
-and then hands every request to the dispatcher on the reactor thread; responses go back up
-the same stream. A cancel from the controller cancels the dispatcher's Deferred, and so
-does the end of the session: a new stream is a new session, whose ids the controller does
-not relate to the old one's, so nothing computed for the old one could be delivered.
+and then feeds what the controller sends to an ``AgentSession`` on the reactor thread (the
+same one every client transport uses); its answers go back up the same stream. A cancel
+from the controller cancels the handler, and so does the end of the session: a new stream
+is a new session, whose ids the controller does not relate to the old one's, so nothing
+computed for the old one could be delivered. The hello's ``next_id`` follows the highest
+request id seen so far, so ids stay unique for the agent's whole life.
 
 Sessions follow each other until ``stop``, with exponential backoff and jitter between
-attempts (``backoff_delay``). A session that got anything from the controller, or that
-lasted ``STABLE_SESSION`` seconds, resets the backoff, so an agent refused at once (a bad
-token) slows down while one whose controller restarted comes back at once.
+attempts (``txloom.rpc.backoff``, as for every client transport). A session that got
+anything from the controller, or that lasted ``STABLE_SESSION`` seconds, resets the
+backoff, so an agent refused at once (a bad token) slows down while one whose controller
+restarted comes back at once.
 
 grpc.aio runs on the loop ``txloom.aioloop`` picks (see ``server.py``); hand-overs between
 it and the reactor are batched in both directions.
@@ -21,6 +24,7 @@ import asyncio
 import contextlib
 import random
 from collections import deque
+from functools import partial
 from typing import Any
 
 import grpc
@@ -29,8 +33,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txloom.aioloop import AsyncioRunner, runner_for
+from txloom.aioloop import AsyncioRunner, SameLoop, runner_for
 from txloom.interfaces import IRPCClientTransport
+from txloom.rpc.backoff import RECONNECT_INITIAL, RECONNECT_MAX, reconnect_policy
 from txloom.rpc.grpc.address import ClientTLS
 from txloom.rpc.grpc.messages import (
     METHOD,
@@ -38,9 +43,9 @@ from txloom.rpc.grpc.messages import (
     encode_client_message,
     token_metadata,
 )
+from txloom.rpc.session import AgentSession
 from txloom.wire.rpc import (
     DEFAULT_MAX_FRAME_SIZE,
-    Cancel,
     ErrorResponse,
     Hello,
     InvalidMessage,
@@ -50,40 +55,16 @@ from txloom.wire.rpc import (
 
 __all__ = [
     "CONNECT_TIMEOUT",
-    "RECONNECT_INITIAL",
-    "RECONNECT_MAX",
     "STABLE_SESSION",
     "GrpcClientTransport",
-    "backoff_delay",
 ]
 
-#: First wait (seconds) after a failed session; doubled per failure up to ``RECONNECT_MAX``.
-RECONNECT_INITIAL = 0.5
-#: Longest wait between two sessions (seconds).
-RECONNECT_MAX = 10.0
 #: A session that lasted this long (seconds) counts as established and resets the backoff.
 STABLE_SESSION = 2.0
 #: Seconds a session may take to connect and send its hello before it counts as failed.
 CONNECT_TIMEOUT = 5.0
 
 _ENDED = object()  # in the inbox: the session the items before it came on is over
-
-
-def backoff_delay(
-    failures: int,
-    low: float = RECONNECT_INITIAL,
-    high: float = RECONNECT_MAX,
-    rng: random.Random | None = None,
-) -> float:
-    """Seconds to wait after ``failures`` failed sessions in a row (1, 2, ...).
-
-    Exponential from ``low`` to ``high``, with "equal jitter": at least half the step, so
-    agents cut off together do not come back together, and never a zero wait.
-    """
-    if failures < 1:
-        return 0.0
-    step = min(high, low * 2 ** min(failures - 1, 32))
-    return step / 2 + (rng or random).uniform(0, step / 2)
 
 
 @implementer(IRPCClientTransport)
@@ -125,17 +106,20 @@ class GrpcClientTransport:
         self.reactor = reactor
         self._own_runner = not isinstance(runner, AsyncioRunner)
         self.runner = runner if isinstance(runner, AsyncioRunner) else runner_for(reactor, runner)
+        self._same_loop = isinstance(self.runner, SameLoop)
         self.max_message_size = max_message_size
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
         self.connect_timeout = connect_timeout
-        self._rng = rng or random.Random()
+        self._policy = reconnect_policy(
+            reconnect_initial, reconnect_max, rand=(rng or random.Random()).random
+        )
         #: sessions begun (hello sent), for logs and tests
         self.sessions = 0
         # reactor side
         self.connected = False
-        self._session = 0  # the session whose requests are in _inflight
-        self._inflight: dict[int, Deferred[Any]] = {}
+        self._session = 0  # the session ``_agent`` runs requests for
+        self._agent: AgentSession | None = None
         self._inbox_scheduled = False
         self._run_d: Deferred[None] | None = None
         self._stopped: Deferred[None] | None = None
@@ -195,43 +179,34 @@ class GrpcClientTransport:
             if session != self._session:
                 self._end_session()
                 self._session = session
+                self._agent = AgentSession(self.dispatcher, partial(self._send, session))
                 self.connected = True
-            if item is None:  # the session's hello went out
+            if item is None or self._agent is None:  # None: the session's hello went out
                 continue
-            if isinstance(item, Request):
-                self._dispatch(session, item)
-            elif isinstance(item, Cancel):
-                d = self._inflight.pop(item.id, None)
-                if d is not None:
-                    d.cancel()
+            try:
+                self._agent.received(item)
+            except InvalidMessage as e:
+                self.log.warn("agent {name}: {why}; reconnecting", name=self.name, why=e)
+                self._end_session()
+                self.runner.call_in_loop(self._drop_session, session)
 
-    def _dispatch(self, session: int, request: Request) -> None:
-        rid = request.id
-        try:
-            d = self.dispatcher.dispatch(request)
-        except Exception as e:
-            self.log.failure("the dispatcher raised on request {id}", id=rid)
-            d = succeed(ErrorResponse(rid, "internal", str(e)))
-        self._inflight[rid] = d
-        d.addErrback(lambda f: ErrorResponse(rid, "internal", f.getErrorMessage()))
-        d.addCallback(self._respond, session, rid)
-
-    def _respond(self, response: Response | ErrorResponse, session: int, rid: int) -> None:
-        # Gone from _inflight: cancelled by the controller, or its session is over.
-        if session != self._session or self._inflight.pop(rid, None) is None:
+    def _send(self, session: int, response: Response | ErrorResponse) -> None:
+        if session != self._session:
             return
-        data = encode_client_message(response)
-        self._outbox.append((session, data))
+        self._outbox.append((session, encode_client_message(response)))
         if not self._outbox_scheduled:
             self._outbox_scheduled = True
-            self.runner.call_in_loop(self._wake)
+            if self._same_loop:  # on the loop's own thread already: no hop needed
+                self._wake()
+            else:
+                self.runner.call_in_loop(self._wake)
 
     def _end_session(self) -> None:
         """The session is over: what its requests would still compute has nowhere to go."""
         self.connected = False
-        inflight, self._inflight = self._inflight, {}
-        for d in inflight.values():
-            d.cancel()
+        agent, self._agent = self._agent, None
+        if agent is not None:
+            agent.close()
 
     # Loop side -----------------------------------------------------------------------------
 
@@ -245,6 +220,10 @@ class GrpcClientTransport:
         self._outbox_scheduled = False
         if self._ready is not None:
             self._ready.set()
+
+    def _drop_session(self, session: int) -> None:
+        if self._session_task is not None and self.sessions == session:
+            self._session_task.cancel()
 
     def _stop_in_loop(self) -> None:
         if self._stopping is not None:
@@ -277,22 +256,30 @@ class GrpcClientTransport:
         while not stopping.is_set():
             began = loop.time()
             established = False
-            self._session_task = asyncio.ensure_future(self._one_session())
+            # Waited on, not awaited: cancelling the session (stop, a misbehaving
+            # controller) must not cancel this loop.
+            task = self._session_task = asyncio.ensure_future(self._one_session())
             try:
-                established = await self._session_task
+                await asyncio.wait({task})
             except asyncio.CancelledError:
-                if not stopping.is_set():
-                    raise
-            except Exception as e:
-                self._say("warn", "agent {name}: session failed: {why}", name=self.name, why=e)
+                task.cancel()
+                raise
             finally:
                 self._session_task = None
+            if not task.cancelled():
+                if task.exception() is None:
+                    established = task.result()
+                else:
+                    why = task.exception()
+                    self._say(
+                        "warn", "agent {name}: session failed: {why}", name=self.name, why=why
+                    )
             if stopping.is_set():
                 break
             if established or loop.time() - began >= STABLE_SESSION:
                 failures = 0
+            delay = self._policy(failures)
             failures += 1
-            delay = backoff_delay(failures, self.reconnect_initial, self.reconnect_max, self._rng)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stopping.wait(), delay)
 

@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txloom.aioloop import AsyncioRunner, runner_for
+from txloom.aioloop import AsyncioRunner, SameLoop, runner_for
 from txloom.interfaces import IRPCPeer, IRPCServerTransport
 from txloom.rpc.grpc.address import ServerTLS, parse_listen
 from txloom.rpc.grpc.messages import (
@@ -97,9 +97,11 @@ class GrpcPeer:
         self.address = address
         self._owner = owner
         self._runner = owner.runner
+        self._same_loop = isinstance(owner.runner, SameLoop)
         self._queue_limit = queue_limit
         # reactor side
-        self._joined = False
+        #: set once the registry accepted the hello; only then is a departure reported
+        self.joined = False
         self._gone = False
         self._queued_bytes = 0  # total ever queued
         self._inbox_scheduled = False
@@ -129,7 +131,7 @@ class GrpcPeer:
             return
         self._gone = True
         status = STATUS_CODES.get(code, grpc.StatusCode.INTERNAL)
-        self._runner.call_in_loop(self._end, status, reason)
+        self._runner.call_in_loop(self.end_stream, status, reason)
 
     def _queue(self, data: bytes) -> None:
         if self._gone:
@@ -138,12 +140,15 @@ class GrpcPeer:
         if self._queued_bytes - self._written_bytes > self._queue_limit:
             reason = f"more than {self._queue_limit} bytes waiting for the agent"
             self._report_left(reason)
-            self._runner.call_in_loop(self._end, grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
+            self._runner.call_in_loop(self.end_stream, grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
             return
         self._outbox.append(data)
         if not self._outbox_scheduled:
             self._outbox_scheduled = True
-            self._runner.call_in_loop(self._wake)
+            if self._same_loop:  # on the loop's own thread already: no hop needed
+                self._wake()
+            else:
+                self._runner.call_in_loop(self._wake)
 
     def _deliver(self) -> None:
         """Responses and the departure, into the registry, in arrival order."""
@@ -164,7 +169,7 @@ class GrpcPeer:
         if self._gone:
             return
         self._gone = True
-        if self._joined:
+        if self.joined:
             try:
                 self._owner.registry.left(self, reason)
             except Exception:
@@ -178,7 +183,7 @@ class GrpcPeer:
         self._outbox_scheduled = False
         self._ready.set()
 
-    def _end(self, status: grpc.StatusCode | None, reason: str) -> None:
+    def end_stream(self, status: grpc.StatusCode | None, reason: str) -> None:
         """End the stream (the handler aborts with ``status``; None ends it cleanly)."""
         if self._ending is None:
             self._ending = (status, reason)
@@ -189,6 +194,34 @@ class GrpcPeer:
         if not self._inbox_scheduled:
             self._inbox_scheduled = True
             self._runner.to_reactor(self._deliver)
+
+    def left(self, reason: str) -> None:
+        """The stream is over: the registry hears it after the responses before it."""
+        self._inbound(_LEFT, reason)
+
+    async def serve(self, context: aio.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+        """Carry the stream until it ends; the status to end it with, if not a clean end."""
+        reader = asyncio.ensure_future(self._read_loop(context))
+        reason = "the agent's stream ended"
+        try:
+            await self._write_loop(context)
+        except asyncio.CancelledError:
+            reason = "the agent disconnected"
+            raise
+        except Exception as e:
+            reason = f"the agent's stream broke: {e}"
+        finally:
+            if not reader.done():
+                reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            ending = self._ending
+            if ending is not None:
+                reason = ending[1]
+            self.left(reason)
+        if ending is None or ending[0] is None:
+            return None
+        return ending[0], ending[1]
 
     async def _write_loop(self, context: aio.ServicerContext) -> None:
         ready = self._ready
@@ -209,21 +242,21 @@ class GrpcPeer:
         try:
             await self._read_messages(context)
         except Exception as e:
-            self._end(None, f"the agent's stream broke: {e}")
+            self.end_stream(None, f"the agent's stream broke: {e}")
 
     async def _read_messages(self, context: aio.ServicerContext) -> None:
         while self._ending is None:
             data = await context.read()
             if data is aio.EOF:
-                self._end(None, "the agent closed its stream")
+                self.end_stream(None, "the agent closed its stream")
                 return
             try:
                 msg = decode_client_message(data)
             except InvalidMessage as e:
-                self._end(grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {e}")
+                self.end_stream(grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {e}")
                 return
             if isinstance(msg, Hello):
-                self._end(grpc.StatusCode.INVALID_ARGUMENT, "unexpected second hello")
+                self.end_stream(grpc.StatusCode.INVALID_ARGUMENT, "unexpected second hello")
                 return
             self._inbound(msg)
 
@@ -271,6 +304,7 @@ class GrpcServerTransport:
         self.keepalive_timeout = keepalive_timeout
         self.port: int | None = None
         self._server: aio.Server | None = None
+        self._streams: set[GrpcPeer] = set()  # loop side: the streams being served
         self._stopped: Deferred[None] | None = None
 
     # IRunnable -----------------------------------------------------------------------------
@@ -340,6 +374,9 @@ class GrpcServerTransport:
 
     async def _stop(self) -> None:
         if self._server is not None:
+            # Streams never end on their own: end them, so stopping takes no grace time.
+            for peer in list(self._streams):
+                peer.end_stream(grpc.StatusCode.UNAVAILABLE, "the controller is shutting down")
             await self._server.stop(STOP_GRACE)
             self._server = None
 
@@ -384,32 +421,23 @@ class GrpcServerTransport:
         peer = GrpcPeer(self, hello.name, address, self.send_queue_limit)
         try:
             await self._on_reactor(self._join, peer, hello)
+        except asyncio.CancelledError:
+            # Gone while the registry looked at its hello: if it was let in, it has left.
+            peer.left("the agent disconnected")
+            raise
         except Exception as e:
             # The registry refuses with txloom.rpc.RPCError (a code and a message).
             code = getattr(e, "code", None)
             status = STATUS_CODES.get(code, grpc.StatusCode.INTERNAL)
             await context.abort(status, str(getattr(e, "message", None) or e))
-        reader = asyncio.ensure_future(peer._read_loop(context))
-        reason = "the agent's stream ended"
+        self._streams.add(peer)
         try:
-            await peer._write_loop(context)
-        except asyncio.CancelledError:
-            reason = "the agent disconnected"
-            raise
-        except Exception as e:
-            reason = f"the agent's stream broke: {e}"
+            ending = await peer.serve(context)
         finally:
-            if not reader.done():
-                reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
-            ending = peer._ending
-            if ending is not None:
-                reason = ending[1]
-            peer._inbound(_LEFT, reason)
-        if ending is not None and ending[0] is not None:
-            await context.abort(ending[0], ending[1])
+            self._streams.discard(peer)
+        if ending is not None:
+            await context.abort(*ending)
 
     def _join(self, peer: GrpcPeer, hello: Hello) -> None:
         self.registry.join(peer, hello)
-        peer._joined = True
+        peer.joined = True

@@ -1,0 +1,1 @@
+"""Handler modules to try reverse RPC with (``--handlers txloom.rpc.examples.echo``)."""
