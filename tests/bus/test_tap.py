@@ -19,7 +19,7 @@ def parse(*args: str) -> Options:
 
 def test_defaults_are_the_specs() -> None:
     c = parse().config()
-    assert c.listen == "tcp:8080"
+    assert c.listen == "tcp:8081:interface=127.0.0.1"  # loopback, its own port
     assert c.path == "/meta/message"
     assert c.belongs_to == "*"
     assert c.discovery == "none"

@@ -48,7 +48,7 @@ class NodeStartError(StartFailed):
 class BusNodeConfig:
     """Everything ``twistd busnode`` can be told, with the spec's defaults."""
 
-    listen: str | None = "tcp:8080"
+    listen: str | None = "tcp:8081:interface=127.0.0.1"
     path: str = DEFAULT_PATH
     node_uuid: str | None = None
     belongs_to: str = "*"

@@ -64,9 +64,11 @@ class Options(PluginOptions):
         [
             "listen",
             "l",
-            "tcp:8080",
+            "tcp:8081:interface=127.0.0.1",
             "Endpoint to serve the mesh on (Twisted endpoint syntax; ssl:PORT:privateKey=K:"
-            "certKey=C serves wss). 'none' runs without listening.",
+            "certKey=C serves wss). The default listens on loopback only, on the all-in-one "
+            "node's bus port; give tcp:PORT to accept other machines. 'none' runs without "
+            "listening.",
         ],
         ["path", None, DEFAULT_PATH, "HTTP path of the mesh WebSocket."],
         ["uuid", None, None, "This node's uuid (default: a new random uuid at each start)."],

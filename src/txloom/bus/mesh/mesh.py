@@ -123,7 +123,7 @@ class WebSocketMesh:
         self,
         bus: Bus,
         *,
-        listen: str | None = "tcp:8080",
+        listen: str | None = "tcp:8081:interface=127.0.0.1",
         path: str = DEFAULT_PATH,
         node_uuid: str | None = None,
         belongs_to: str = "*",
