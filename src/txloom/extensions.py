@@ -27,7 +27,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from zope.interface.interface import InterfaceClass
 
-__all__ = ["available", "choose", "describe", "parse_options"]
+__all__ = ["available", "choose", "describe", "parse_options", "positive"]
 
 log = Logger()
 
@@ -100,3 +100,16 @@ def parse_options(factory: Any, words: Iterable[str], option: str) -> usage.Opti
     except usage.UsageError as e:
         raise usage.UsageError(f"{option} ({factory.name}): {e}") from None
     return options
+
+
+def positive(kind: type) -> Any:
+    """A ``usage.Options`` coercer for a factory option that must be a positive number."""
+
+    def check(value: str) -> Any:
+        number = kind(value)
+        if number <= 0:
+            raise ValueError(f"{value} is not positive")
+        return number
+
+    check.coerceDoc = "Must be positive."  # type: ignore[attr-defined]
+    return check

@@ -13,6 +13,7 @@ from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
 
+from txloom.extensions import positive
 from txloom.interfaces import IRPCTransportFactory
 from txloom.wire.rpc import DEFAULT_MAX_FRAME_SIZE
 
@@ -20,17 +21,6 @@ __all__ = ["DEFAULT_LISTEN", "GrpcOptions", "GrpcTransportFactory"]
 
 #: Where a controller listens when no ``listen`` option is given.
 DEFAULT_LISTEN = "tcp:7301"
-
-
-def _positive(kind: type) -> Any:
-    def check(value: str) -> Any:
-        number = kind(value)
-        if number <= 0:
-            raise ValueError(f"{value} is not positive")
-        return number
-
-    check.coerceDoc = "Must be positive."  # type: ignore[attr-defined]
-    return check
 
 
 class GrpcOptions(usage.Options):
@@ -53,21 +43,21 @@ class GrpcOptions(usage.Options):
             None,
             DEFAULT_MAX_FRAME_SIZE,
             "Largest message in bytes, either way.",
-            _positive(int),
+            positive(int),
         ],
         [
             "send-queue-limit",
             None,
             8 * 1024 * 1024,
             "Controller: bytes that may wait for a slow agent before it is dropped.",
-            _positive(int),
+            positive(int),
         ],
         [
             "hello-timeout",
             None,
             10.0,
             "Controller: seconds a stream has to say hello.",
-            _positive(float),
+            positive(float),
         ],
         ["ca", None, None, "Agent (grpcs://): CA bundle to check the controller against."],
         ["cert", None, None, "Agent (grpcs://): client certificate (PEM)."],
@@ -78,14 +68,14 @@ class GrpcOptions(usage.Options):
             None,
             0.5,
             "Agent: first reconnect delay in seconds.",
-            _positive(float),
+            positive(float),
         ],
         [
             "reconnect-max",
             None,
             10.0,
             "Agent: longest reconnect delay in seconds.",
-            _positive(float),
+            positive(float),
         ],
         [
             "asyncio",

@@ -13,6 +13,7 @@ from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
 
+from txloom.extensions import positive
 from txloom.interfaces import IRPCTransportFactory
 from txloom.rpc.backoff import RECONNECT_INITIAL, RECONNECT_MAX
 from txloom.wire.rpc import DEFAULT_MAX_FRAME_SIZE
@@ -25,48 +26,37 @@ __all__ = [
 ]
 
 
-def _positive(kind: type) -> Any:
-    def check(value: str) -> Any:
-        number = kind(value)
-        if number <= 0:
-            raise ValueError(f"{value} is not positive")
-        return number
-
-    check.coerceDoc = "Must be positive."  # type: ignore[attr-defined]
-    return check
-
-
 class StreamOptions(usage.Options):
     optParameters = [
         ["listen", None, "tcp:7300", "Controller: server endpoint string to listen on."],
-        ["max-frame-size", None, DEFAULT_MAX_FRAME_SIZE, "Largest frame in bytes.", _positive(int)],
+        ["max-frame-size", None, DEFAULT_MAX_FRAME_SIZE, "Largest frame in bytes.", positive(int)],
         [
             "send-queue-limit",
             None,
             8 * 1024 * 1024,
             "Controller: bytes that may wait for a slow agent before it is dropped.",
-            _positive(int),
+            positive(int),
         ],
         [
             "hello-timeout",
             None,
             10.0,
             "Controller: seconds a connection has to say hello.",
-            _positive(float),
+            positive(float),
         ],
         [
             "reconnect-initial",
             None,
             RECONNECT_INITIAL,
             "Agent: first reconnect delay in seconds.",
-            _positive(float),
+            positive(float),
         ],
         [
             "reconnect-max",
             None,
             RECONNECT_MAX,
             "Agent: longest reconnect delay in seconds.",
-            _positive(float),
+            positive(float),
         ],
     ]
 
@@ -140,35 +130,35 @@ class HttpOptions(usage.Options):
             None,
             "Controller: serve /rpc/ on this endpoint itself (else mount the resource).",
         ],
-        ["interval", None, 1.0, "Seconds between heartbeats (told to agents).", _positive(float)],
+        ["interval", None, 1.0, "Seconds between heartbeats (told to agents).", positive(float)],
         [
             "hold",
             None,
             25.0,
             "Long-poll: seconds a poll is held with nothing to send.",
-            _positive(float),
+            positive(float),
         ],
-        ["max-body-size", None, DEFAULT_MAX_FRAME_SIZE, "Largest body in bytes.", _positive(int)],
+        ["max-body-size", None, DEFAULT_MAX_FRAME_SIZE, "Largest body in bytes.", positive(int)],
         [
             "queue-limit",
             None,
             8 * 1024 * 1024,
             "Controller: bytes that may wait for one agent before it is dropped.",
-            _positive(int),
+            positive(int),
         ],
         [
             "reconnect-initial",
             None,
             RECONNECT_INITIAL,
             "Agent: first retry delay in seconds.",
-            _positive(float),
+            positive(float),
         ],
         [
             "reconnect-max",
             None,
             RECONNECT_MAX,
             "Agent: longest retry delay in seconds.",
-            _positive(float),
+            positive(float),
         ],
     ]
 
