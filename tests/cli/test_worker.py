@@ -1,7 +1,7 @@
-"""``txloom worker ...`` against a real ``twistd workerhost`` serving the example apps.
+"""``txloom worker|rpc|streams ...`` against a real ``twistd workerhost`` (example apps).
 
-``apps``, ``status`` and ``call`` succeeding are run by docs/operating.md's test
-(tests/test_operating_docs.py); these are the failures.
+Their successes are run by docs/operating.md's blocks (tests/test_docs.py); these are the
+failures, and ``worker reload`` is tested with reloads in tests/worker/test_reload.py.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ def locator() -> Iterator[str]:
         (["worker", "call", "nope", "ping"], 1, "no app 'nope'"),
         (["worker", "call", "echo", "nosuchevent"], 1, "no handler for event 'nosuchevent'"),
         (["worker", "apps", "--locator", "127.0.0.1:1"], 3, "no Locator at 127.0.0.1:1"),
+        (["rpc", "list"], 3, "runs no RPC controller (--rpc)"),
+        (["rpc", "call", "a", "T", "{not json"], 1, "REQUEST is not JSON"),
+        (["streams", "post", "nosuch", "body"], 1, "no endpoint serves 'nosuch'"),
+        (["streams", "post", "s", "--at", "tcp:127.0.0.1:1"], 3, "cannot connect to s"),
+        (["streams", "post", "s", "--tag", "novalue"], 2, "--tag must be KEY=VALUE"),
     ],
 )
 def test_failures(locator: str, args: list[str], status: int, words: str) -> None:

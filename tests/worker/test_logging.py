@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import pytest_twisted
+from twisted.logger import LogLevel
 
 from support.workerhost import LogCapture, call, raw_connect, short_tmpdir, start_host, wait_until
 from txloom.worker.client import LoggerClient
@@ -34,6 +35,23 @@ async def test_worker_stdout_and_stderr_lines_are_tagged(host: WorkerHost) -> No
     assert lines["stdout"] == f"out-line from {uuid}"
     assert lines["stderr"] == f"err-line from {uuid}"
     assert f"[logs {uuid}] out-line from {uuid}" in logs.texts()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_traceback_is_one_error_event_with_the_app(host: WorkerHost) -> None:
+    with LogCapture() as logs:
+        with pytest.raises(Exception, match="boom"):
+            await call(host, "logs", "raise")
+        [uuid] = list(host.pools["logs"].workers)
+        await wait_until(lambda: logs.matching(app="logs", log_level=LogLevel.error), 5, "it")
+        assert await call(host, "logs", "print") == b"printed"  # lines after it: one each
+        await wait_until(lambda: len(output(logs, uuid)) >= 3, 5, "lines")
+    [event] = logs.matching(app="logs", log_level=LogLevel.error)
+    lines = event["traceback"].splitlines()
+    assert "handler for 'raise' failed" in lines[0]
+    assert lines[1] == "Traceback (most recent call last):" and "ValueError: boom" in lines[-1]
+    assert event["uuid"] == uuid and event["stream"] == "stderr"
+    assert not any("Traceback" in e.get("line", "") for e in output(logs, uuid))
 
 
 @pytest_twisted.ensureDeferred

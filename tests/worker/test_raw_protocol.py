@@ -129,14 +129,30 @@ async def test_unknown_method_and_bad_arguments_get_errors(host: WorkerHost) -> 
     peer.send(1, 7, [])
     peer.send(2, 0, [])  # enqueue without an event
     peer.send(3, 2, [])  # control
+    peer.send(3, 0, [b"not a count"])
     [unknown, bad, control] = await peer.wait_messages(3)
     assert unknown.channel == 1 and unknown.args[0] == [errors.DISPATCH, errors.UNKNOWN_METHOD]
     assert bad.channel == 2 and bad.args[0] == [errors.DISPATCH, errors.BAD_ARGUMENTS]
-    assert control.args == [
-        [errors.DISPATCH, errors.NOT_IMPLEMENTED],
-        b"control is not implemented",
-    ]
+    assert control.channel == 3 and control.args[0] == [errors.DISPATCH, errors.BAD_ARGUMENTS]
     peer.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_control_keeps_workers_alive_while_its_channel_is_open(host: WorkerHost) -> None:
+    pool = host.pools["raw"]
+    peer = await raw_connect(app_address(host))
+    peer.send(1, 2, [])  # control
+    peer.send(1, 0, [2])
+    await wait_until(lambda: len(pool._active) == 2, what="two workers with an empty queue")
+    assert pool.info()["keep-alive"] == 2
+    peer.send(1, 2, [])  # close: the pool is the queue's again
+    assert await peer.wait_messages(1) == [Message(1, 0, [2])]
+    assert pool.wanted == 0
+    peer.send(2, 2, [])
+    peer.send(2, 0, [1])
+    await wait_until(lambda: pool.wanted == 1, what="a second control channel")
+    peer.transport.abortConnection()  # a vanished controller keeps nothing
+    await wait_until(lambda: pool.wanted == 0, what="keep-alive released")
 
 
 @pytest_twisted.ensureDeferred

@@ -4,10 +4,13 @@
     txloom store tail --since 0 | jq .key
     txloom bus pub greeting hello
     txloom worker call echo ping hello
+    txloom rpc call example-agent txloom.examples.Echo '{"text": "hi"}'
+    txloom streams post facts orders
 
-Each capability's module (``txloom.cli.store``, ``.bus``, ``.worker``) adds its own
-subcommands to the parser; this module only builds the parser, runs the chosen
-subcommand and turns its outcome into an exit status (see ``txloom.cli.output``).
+Each capability's module (``txloom.cli.store``, ``.bus``, ``.worker``, ``.rpc``,
+``.streams``) adds its own subcommands to the parser; this module only builds the parser,
+runs the chosen subcommand and turns its outcome into an exit status (see
+``txloom.cli.output``).
 """
 
 from __future__ import annotations
@@ -19,19 +22,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from txloom import __version__
-from txloom.cli import bus, store, worker
+from txloom.cli import bus, rpc, store, streams, worker
 from txloom.cli.output import EXIT_FAILED, EXIT_OK, CommandFailed
 
 __all__ = ["build_parser", "main"]
 
 #: Modules that add a subcommand group: ``add_parser(subparsers)`` each.
-GROUPS: tuple[Any, ...] = (store, bus, worker)
+GROUPS: tuple[Any, ...] = (store, bus, worker, rpc, streams)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="txloom",
-        description="Operate a running txloom: the store, the message bus and the worker host.",
+        description=(
+            "Operate a running txloom: the store, the message bus, the worker host, its "
+            "reverse-RPC agents and nested-stream services."
+        ),
         epilog=(
             "Exit status: 0 done, 1 the server refused or the operation failed, "
             "2 bad command line, 3 the server could not be reached."

@@ -27,7 +27,7 @@ DEFAULT_LOCATOR = "127.0.0.1:10053"
 
 
 def add_parser(groups: Any) -> None:
-    parser = groups.add_parser("worker", help="the worker host: apps, status, call")
+    parser = groups.add_parser("worker", help="the worker host: apps, status, call, reload")
     parser.description = "Talk to a running worker host (twistd workerhost or txloom)."
     commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
 
@@ -52,6 +52,13 @@ def add_parser(groups: Any) -> None:
     sub.add_argument("app", help="app name")
     sub.add_argument("event", help="event (method) of the app")
     sub.add_argument("data", nargs="?", default="", help="request body (text; '-' reads stdin)")
+
+    sub = command(
+        "reload",
+        _reload,
+        "Have the host re-read its apps directory, as SIGHUP does; print what changed.",
+    )
+    sub.add_argument("--json", action="store_true", help="one JSON object")
 
 
 def _failed(error: ServiceError) -> CommandFailed:
@@ -174,6 +181,28 @@ async def _call_async(args: argparse.Namespace, reactor: Any) -> None:
 
 def _call(args: argparse.Namespace) -> None:
     run_on_reactor(lambda reactor: _call_async(args, reactor))
+
+
+async def _reload_async(args: argparse.Namespace, reactor: Any) -> dict[str, Any]:
+    from txloom.worker.errors import ServiceError  # noqa: PLC0415
+
+    locator = await _locator(args, reactor)
+    try:
+        return await locator.reload()
+    except ServiceError as e:
+        raise _failed(e) from None
+    finally:
+        locator.close()
+
+
+def _reload(args: argparse.Namespace) -> None:
+    changes = run_on_reactor(lambda reactor: _reload_async(args, reactor))
+    if args.json:
+        write_json_line(changes)
+        return
+    for kind in ("added", "changed", "removed", "failed", "unchanged"):
+        if changes.get(kind):
+            print(f"{kind}: {' '.join(changes[kind])}")
 
 
 def _text(value: Any) -> Any:

@@ -1,7 +1,10 @@
 """The app service: one per running app, registered in the Locator under the app's name.
 
 ``enqueue(event)`` opens a session on the app's pool (both directions stream);
-``info()`` reports pool and queue state; ``control`` is not implemented and says so.
+``info()`` reports pool and queue state; ``control`` keeps workers running: each ``write``
+of an integer on its channel keeps that many workers alive (at most pool-limit) whatever
+the queue, for as long as the channel is open; closing it answers the count kept and
+hands the pool back to its queue (Cocaine's ``keep_alive``).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Any
 from zope.interface import implementer
 
 from txloom.interfaces import IReplyChannel, IService, IUpstream
-from txloom.wire.cocaine import HeaderEntry
+from txloom.wire.cocaine import CHOKE, CHUNK, HeaderEntry
 from txloom.worker import errors
 from txloom.worker.dispatch import PRIMITIVE, STREAMING, TERMINAL
 from txloom.worker.pool import WorkerPool
@@ -33,6 +36,39 @@ class IgnoredUpstream:
 
     def cancel(self, reason: str) -> None:
         pass
+
+
+@implementer(IUpstream)
+class PoolControl:
+    """The caller's side of one ``control`` channel: worker counts to keep alive."""
+
+    def __init__(self, pool: WorkerPool, reply: IReplyChannel) -> None:
+        self.pool = pool
+        self.reply = reply
+        self.kept = 0
+        self.open = True
+
+    def message(self, mtype: int, args: list[Any]) -> None:
+        if not self.open:
+            return
+        if mtype == CHUNK and len(args) == 1 and _is_count(args[0]):
+            self.kept = self.pool.keep_alive(args[0])
+            return
+        self.open = False
+        self.pool.keep_alive(0)
+        if mtype == CHOKE:
+            self.reply.value(self.kept)
+        elif mtype == CHUNK:
+            self.reply.error(errors.DISPATCH, errors.BAD_ARGUMENTS, "control takes [count >= 0]")
+
+    def cancel(self, reason: str) -> None:
+        if self.open:
+            self.open = False
+            self.pool.keep_alive(0)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @implementer(IService)
@@ -64,5 +100,4 @@ class AppService:
         if method == INFO:
             reply.value(self.pool.info())
             return None
-        reply.error(errors.DISPATCH, errors.NOT_IMPLEMENTED, "control is not implemented")
-        return IgnoredUpstream()
+        return PoolControl(self.pool, reply)

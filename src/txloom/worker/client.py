@@ -291,7 +291,11 @@ class Service:
 class LocatorClient(Service):
     """The Locator, whose graph every client knows in advance."""
 
-    GRAPH: Graph = {0: ("resolve", TERMINAL, PRIMITIVE), 16: ("services", TERMINAL, PRIMITIVE)}
+    GRAPH: Graph = {
+        0: ("resolve", TERMINAL, PRIMITIVE),
+        16: ("services", TERMINAL, PRIMITIVE),
+        17: ("reload", TERMINAL, PRIMITIVE),
+    }
 
     def __init__(
         self, locator: str | Address = ("127.0.0.1", DEFAULT_LOCATOR_PORT), reactor: Any = None
@@ -314,6 +318,13 @@ class LocatorClient(Service):
     def services(self) -> Deferred[list[str]]:
         """Names of every service the host publishes (apps, ``logging``, ``locator``)."""
         return self.call("services").addCallback(lambda names: [as_text(n) for n in names])
+
+    def reload(self) -> Deferred[dict[str, list[str]]]:
+        """Have the host re-read its apps directory; fires with the names per change.
+
+        Fails with ``ReloadRefused`` (the reason) if a manifest could not be used.
+        """
+        return self.call("reload").addCallback(as_text)
 
 
 def connect(

@@ -87,6 +87,8 @@ class WorkerControl:
         #: What in-flight sessions are told when the engine ends the worker on purpose.
         self.end_error: tuple[int, str] | None = None
         self.handshaken = False
+        #: Started from a manifest a reload has replaced: no new sessions, ends when idle.
+        self.retired = False
         self._handshake_timer: IDelayedCall | None = self.clock.callLater(
             self.profile.handshake_timeout, self._handshake_overdue
         )
@@ -256,6 +258,18 @@ class WorkerControl:
         self.send(CONTROL_CHANNEL, TERMINATE, [TERMINATE_NORMAL, reason])
         self._arm_kill()
 
+    def retire(self, reason: str) -> None:
+        """Take no new sessions; terminate once those running have ended (a reload)."""
+        if self.retired or self.state == GONE:
+            return
+        self.retired = True
+        if self.state == SPAWNING:
+            self.terminate(reason)  # not serving yet: a new worker is started instead
+        elif self.state == ACTIVE:
+            self.pool.worker_leaving(self)
+            if not self.sessions:
+                self.terminate(reason)
+
     def discard(self, reason: str) -> None:
         """The worker cannot be trusted any more: fail its sessions and SIGKILL it now."""
         if self.state == GONE:
@@ -307,6 +321,9 @@ class WorkerControl:
             if len(abandoned) > MAX_ABANDONED_CHANNELS:
                 del abandoned[next(iter(abandoned))]
         if not self.sessions:
+            if self.retired and self.state == ACTIVE:
+                self.terminate("app reloaded")
+                return
             self.idle_since = self.clock.seconds()
             self._arm_idle()
 
@@ -357,7 +374,10 @@ class WorkerControl:
         if self.state != ACTIVE or self.sessions:
             return
         idle = self.clock.seconds() - self.idle_since
-        if idle >= self.profile.idle_timeout:
+        if self.pool.keeps(self):  # kept by the app service's control method
+            self.idle_since = self.clock.seconds()
+            self._arm_idle()
+        elif idle >= self.profile.idle_timeout:
             self.log.info(
                 "{app}: worker {uuid} idle for {idle:.1f}s; terminating it",
                 app=self.app,

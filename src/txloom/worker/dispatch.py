@@ -289,7 +289,8 @@ class ServiceConnection(MessageConnection):
 
     def _maybe_forget(self, channel_id: int, channel: _Channel) -> None:
         if not channel.protocol and not channel.reply.protocol:
-            del self.channels[channel_id]
+            # pop: a reply sent from inside the upstream's message has forgotten it already
+            self.channels.pop(channel_id, None)
 
     def connectionLost(self, reason: object = None) -> None:
         self.gone = True

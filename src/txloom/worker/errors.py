@@ -34,6 +34,8 @@ CONNECTION_LOST = 8
 BAD_HTTP_REPLY = 9
 #: The caller did not read the replies: more than backlog-limit bytes were waiting for it.
 CLIENT_TOO_SLOW = 10
+#: A reload found a manifest it cannot use; the apps running before go on unchanged.
+RELOAD_REFUSED = 11
 
 #: Engine errors that mean "the engine has given up on this session": a worker stops
 #: working on it (txloom's worker library cancels the response).
@@ -112,6 +114,10 @@ class ConnectionLost(ServiceError):
 
 class ClientTooSlow(ServiceError):
     key = (ENGINE, CLIENT_TOO_SLOW)
+
+
+class ReloadRefused(ServiceError):
+    key = (ENGINE, RELOAD_REFUSED)
 
 
 class NoHandler(ServiceError):

@@ -5,7 +5,8 @@ Logging service and one app service per app (each on its own TCP port, as the Lo
 protocol wants), opens a Unix socket per app under the runtime directory for the app's
 workers, and, if asked, the HTTP front end. Workers are spawned on demand. On stop it
 terminates every worker (politely, then SIGKILL after terminate-timeout) and removes the
-sockets.
+sockets. ``reload`` applies what changed in the apps directory since (``worker/reload.py``);
+SIGHUP and the Locator's ``reload`` method ask for it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from txloom.worker.logging_service import DEFAULT_VERBOSITY, LoggingService
 from txloom.worker.manifest import AppManifest, load_apps
 from txloom.worker.pool import WorkerPool
 from txloom.worker.process import ProcessLauncher
+from txloom.worker.reload import ReloadError, plan_reload
 
 DEFAULT_LOCATOR_ENDPOINT = f"tcp:{DEFAULT_LOCATOR_PORT}:interface=127.0.0.1"
 #: Interface the per-service listeners bind to and the Locator advertises.
@@ -120,9 +122,13 @@ class WorkerHost(MultiService):
         self.http_head_timeout = http_head_timeout
         #: Descriptors kept from HTTP for the Locator and services, beyond the workers'.
         self.fd_reserve = fd_reserve
-        self.locator = Locator()
+        self.locator = Locator(reload=self.reload)
         self.logging = LoggingService(verbosity)
         self.pools: dict[str, WorkerPool] = {}
+        #: Apps removed by a reload whose sessions are still running.
+        self.draining: dict[str, WorkerPool] = {}
+        #: Per app: its worker socket's and its app service's listening ports.
+        self._app_ports: dict[str, tuple[Any, Any]] = {}
         self.published: dict[str, IService] = {}
         self.locator_address: tuple[str, int] = ("", 0)
         self.http_address: tuple[str, int] | None = None
@@ -170,11 +176,11 @@ class WorkerHost(MultiService):
         self.locator_address = (host, number)
         self.log.info("locator listening on tcp:{host}:{port}", host=host, port=number)
         self.locator.register(self.locator, [(host, number)])
-        self._serve(self.logging)
+        self._ports.append(self._serve(self.logging))
         if self.rpc is not None:
             from txloom.worker.rpc_service import RpcService  # noqa: PLC0415
 
-            self._serve(RpcService(self.rpc.clients))
+            self._ports.append(self._serve(RpcService(self.rpc.clients)))
         for manifest in apps:
             self.add_app(manifest)
         if self.http_description:
@@ -208,15 +214,16 @@ class WorkerHost(MultiService):
             names=", ".join(sorted(self.pools)) or "-",
         )
 
-    def _serve(self, service: IService) -> None:
+    def _serve(self, service: IService) -> Any:
+        """Listen for ``service`` and publish it; the port is the caller's to close."""
         factory = ServiceFactory(service, self.max_message_size)
         port = listen_now(
             maybeDeferred(self.reactor.listenTCP, 0, factory, interface=self.service_host),
             f"{self.service_host} ({service.name} service)",
         )
-        self._ports.append(port)
         self.published[service.name] = service
         self.locator.register(service, [address_text(port)])
+        return port
 
     @property
     def locator_spawn_address(self) -> str:
@@ -243,11 +250,86 @@ class WorkerHost(MultiService):
             ),
             str(path),
         )
-        self._ports.append(socket_port)
         pool.start()
         self.pools[manifest.name] = pool
-        self._serve(AppService(pool))
+        self._app_ports[manifest.name] = (socket_port, self._serve(AppService(pool)))
         return pool
+
+    # -- reload ---------------------------------------------------------------------------
+
+    def reload(self) -> dict[str, list[str]]:
+        """Apply the apps directory as it is now; the names added, changed, removed, kept.
+
+        Raises ``ReloadError`` (logged) if a manifest cannot be used: nothing changes then.
+        """
+        try:
+            found, problems = load_apps(self.apps_dir)
+            plan = plan_reload(
+                {name: pool.manifest for name, pool in self.pools.items()}, found, problems
+            )
+        except OSError as e:
+            error = ReloadError(f"reload refused, running apps kept: {self.apps_dir}: {e}")
+            self.log.error("{error}", error=str(error))
+            raise error from None
+        except ReloadError as e:
+            self.log.error("{error}", error=str(e))
+            raise
+        for name in plan.removed:
+            self._remove_app(name)
+        for manifest in plan.changed:
+            self.pools[manifest.name].roll(manifest)
+        failed = []
+        for manifest in plan.added:
+            try:
+                self._add_or_resume(manifest)
+            except HostError as e:
+                self.log.error("reload: cannot add {app}: {error}", app=manifest.name, error=str(e))
+                failed.append(manifest.name)
+        summary = plan.summary()
+        summary["added"] = [name for name in summary["added"] if name not in failed]
+        summary["failed"] = failed
+        self.log.info(
+            "apps reloaded: added {added}, changed {changed}, removed {removed}, "
+            "{unchanged} unchanged",
+            added=", ".join(summary["added"]) or "-",
+            changed=", ".join(summary["changed"]) or "-",
+            removed=", ".join(summary["removed"]) or "-",
+            unchanged=len(summary["unchanged"]),
+        )
+        return summary
+
+    def _add_or_resume(self, manifest: AppManifest) -> None:
+        pool = self.draining.get(manifest.name)
+        if pool is None:
+            self.add_app(manifest)
+            return
+        if not pool.resume():
+            raise HostError("its removal is still under way; reload again once it is done")
+        # back before its drain ended: the same pool (and socket) serves the new manifest
+        del self.draining[manifest.name]
+        pool.roll(manifest)
+        self.pools[manifest.name] = pool
+        socket_port, _gone = self._app_ports[manifest.name]
+        self._app_ports[manifest.name] = (socket_port, self._serve(AppService(pool)))
+
+    def _remove_app(self, name: str) -> None:
+        """No new sessions for ``name``; its socket closes once its sessions have ended."""
+        pool = self.pools.pop(name)
+        self.locator.unregister(name)
+        self.published.pop(name, None)
+        socket_port, service_port = self._app_ports[name]
+        service_port.stopListening()  # connected callers keep their connections
+        self._app_ports[name] = (socket_port, None)
+        self.draining[name] = pool
+
+        def drained(_: object) -> None:
+            if self.draining.get(name) is pool:
+                del self.draining[name]
+                del self._app_ports[name]
+                socket_port.stopListening()
+                self.log.info("{app}: removed", app=name)
+
+        pool.drain().addCallback(drained)
 
     # -- stop -----------------------------------------------------------------------------
 
@@ -258,13 +340,16 @@ class WorkerHost(MultiService):
         self.log.info("worker host stopping: terminating {n} app(s)", n=len(self.pools))
         for name in list(self.pools):
             self.locator.unregister(name)
-        await DeferredList([pool.stop() for pool in self.pools.values()])
+        pools = [*self.pools.values(), *self.draining.values()]
+        await DeferredList([pool.stop() for pool in pools])
         await self._close_listeners()
         await MultiService.stopService(self)
         self.log.info("worker host stopped")
 
     def _close_listeners(self) -> Deferred[Any]:
         ports, self._ports = self._ports, []
+        ports += [port for pair in self._app_ports.values() for port in pair if port is not None]
+        self._app_ports = {}
         # Twisted unlinks a Unix socket when its port has stopped listening.
         return DeferredList([d for d in (port.stopListening() for port in ports) if d is not None])
 

@@ -6,6 +6,7 @@ TCP port; the Locator is the one well-known address (default port 10053).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -24,6 +25,9 @@ RESOLVE = 0
 #: txloom's addition (not a Cocaine method id): the names of every published service, so
 #: that an operator's tool can list the apps without knowing them first.
 SERVICES = 16
+#: txloom's addition: re-read the host's apps directory (as SIGHUP does); the reply maps
+#: ``added``/``changed``/``removed``/``unchanged``/``failed`` to app names.
+RELOAD = 17
 
 
 @implementer(IService)
@@ -36,9 +40,12 @@ class Locator:
     graph = {
         RESOLVE: ("resolve", TERMINAL, PRIMITIVE),
         SERVICES: ("services", TERMINAL, PRIMITIVE),
+        RELOAD: ("reload", TERMINAL, PRIMITIVE),
     }
 
-    def __init__(self) -> None:
+    def __init__(self, reload: Callable[[], dict[str, list[str]]] | None = None) -> None:
+        #: The host's reload; raises ``ReloadError`` when it changes nothing.
+        self.reload = reload
         #: name -> (endpoints, version, wire graph)
         self.services: dict[str, tuple[list[list[Any]], int, dict]] = {}
 
@@ -71,6 +78,9 @@ class Locator:
         if method == SERVICES:
             reply.value(sorted(self.services))
             return
+        if method == RELOAD:
+            self._reload(reply)
+            return
         if len(args) != 1 or not isinstance(args[0], bytes):
             reply.error(errors.DISPATCH, errors.BAD_ARGUMENTS, "resolve takes [name]")
             return
@@ -79,3 +89,14 @@ class Locator:
             reply.error(errors.LOCATOR, errors.SERVICE_NOT_AVAILABLE, "service is not available")
             return
         reply.value(*found)
+
+    def _reload(self, reply: IReplyChannel) -> None:
+        from txloom.worker.reload import ReloadError  # noqa: PLC0415 - reload imports manifests
+
+        if self.reload is None:
+            reply.error(errors.DISPATCH, errors.NOT_IMPLEMENTED, "this host cannot reload")
+            return
+        try:
+            reply.value(self.reload())
+        except ReloadError as e:
+            reply.error(errors.ENGINE, errors.RELOAD_REFUSED, str(e))

@@ -10,6 +10,15 @@ A worker that ends before its handshake is a failed start. The pool respawns aft
 exponential backoff, and after ``crash-limit`` failures in a row reports the app broken:
 the queue is failed, and calls fail at once until the backoff allows a new attempt (that
 call then waits for the attempt). One successful handshake makes the app healthy again.
+
+A reload changes a running pool in two ways. ``roll`` takes a new manifest: the workers
+started from the old one take no new sessions, finish those they have and are then
+terminated, while new sessions get workers started from the new one. ``drain`` is for an
+app that is gone from the apps directory: no new sessions, and the pool stops once its
+running and queued sessions have ended (each is bounded by its request timeout).
+
+``keep_alive(n)`` (the app service's ``control`` method) keeps at least ``n`` workers
+running, however short the queue, until it is set back to 0.
 """
 
 from __future__ import annotations
@@ -37,6 +46,11 @@ STOPPED = "stopped"
 RUNNING = "running"
 BROKEN = "broken"
 STOPPING = "stopping"
+#: Removed by a reload: running sessions finish, new ones are refused.
+DRAINING = "draining"
+
+#: States in which the pool runs workers for its sessions.
+SERVING = (RUNNING, BROKEN, DRAINING)
 
 #: Environment variables with timing hints for txloom's own worker library.
 ENV_HEARTBEAT_INTERVAL = "TXLOOM_HEARTBEAT_INTERVAL"
@@ -95,6 +109,9 @@ class WorkerPool:
         self.heartbeat_misses = 0
         #: Bytes the app's sessions hold in host memory (backlogs, queued data).
         self.stats = FlowStats()
+        #: Workers kept running whatever the queue (``keep_alive``).
+        self.wanted = 0
+        self._drained: Deferred[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -121,6 +138,51 @@ class WorkerPool:
             return succeed(None)
         self._stopped = Deferred()
         return self._stopped
+
+    def roll(self, manifest: AppManifest) -> None:
+        """Serve new sessions from ``manifest``; current workers finish theirs, then end."""
+        self.manifest = manifest
+        self.profile = manifest.profile
+        for worker in list(self.workers.values()):
+            worker.retire("app reloaded")
+        self._rebalance()
+
+    def drain(self, reason: str = "app removed") -> Deferred[None]:
+        """Refuse new sessions; stop (fires) once running and queued sessions have ended."""
+        if self.state not in SERVING:
+            return self.stop(reason)
+        self.state = DRAINING
+        self.wanted = 0
+        self._drained = Deferred()
+        done = self._drained.addCallback(lambda _: self.stop(reason))
+        self._maybe_drained()
+        return done
+
+    def resume(self) -> bool:
+        """Serve again after ``drain`` (the app came back); False if already stopping."""
+        if self.state != DRAINING:
+            return False
+        self.state = RUNNING
+        self._drained = None  # the drain's Deferred never fires
+        return True
+
+    def _maybe_drained(self) -> None:
+        if self.state != DRAINING or self._drained is None or self.queue:
+            return
+        if any(worker.sessions for worker in self.workers.values()):
+            return
+        drained, self._drained = self._drained, None
+        drained.callback(None)
+
+    def keep_alive(self, count: int) -> int:
+        """Keep at least ``count`` workers running (at most pool-limit); the count kept."""
+        self.wanted = max(0, min(count, self.profile.pool_limit))
+        self._rebalance()
+        return self.wanted
+
+    def keeps(self, worker: WorkerControl) -> bool:
+        """True if idle ``worker`` stays because ``keep_alive`` wants this many workers."""
+        return self.state == RUNNING and worker in self._active and len(self._active) <= self.wanted
 
     def sweeping(self, done: Deferred[None]) -> None:
         """A sweep of an exited worker's group is under way; ``stop`` waits for it."""
@@ -161,7 +223,8 @@ class WorkerPool:
         session.backlog_limit = profile.backlog_limit
         if self.state not in (RUNNING, BROKEN):
             self.counters["rejected"] += 1
-            session.fail(errors.ENGINE, errors.SHUTTING_DOWN, f"app {self.name} is not running")
+            why = "is being removed" if self.state == DRAINING else "is not running"
+            session.fail(errors.ENGINE, errors.SHUTTING_DOWN, f"app {self.name} {why}")
             return session
         worker = self._pick()
         if worker is not None:
@@ -214,10 +277,11 @@ class WorkerPool:
         if worker is None:
             with contextlib.suppress(ValueError):
                 self.queue.remove(session)
-            return
-        worker.session_done(session)
-        if self.queue and worker.state == ACTIVE:
-            self._dispatch()
+        else:
+            worker.session_done(session)
+            if self.queue and worker.state == ACTIVE:
+                self._dispatch()
+        self._maybe_drained()
 
     def _dispatch(self) -> None:
         queue = self.queue
@@ -230,26 +294,36 @@ class WorkerPool:
     # -- workers --------------------------------------------------------------------------
 
     def _live(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state in (SPAWNING, ACTIVE))
+        return sum(
+            1 for w in self.workers.values() if w.state in (SPAWNING, ACTIVE) and not w.retired
+        )
 
     def _spawn_allowed(self) -> bool:
         return self.clock.seconds() >= self._next_spawn_at
 
+    def _target(self) -> int:
+        """How many live workers the queue and ``keep_alive`` ask for."""
+        limit = self.profile.pool_limit
+        target = self.wanted if self.state == RUNNING else 0
+        if self.queue:
+            grown = len(self.queue) // self.profile.effective_grow_threshold
+            target = max(target, min(limit, max(1, grown)))
+        if self.state == BROKEN:
+            target = min(target, 1)  # one probe at a time while broken
+        return target
+
     def _rebalance(self) -> None:
-        if self.state not in (RUNNING, BROKEN) or not self.queue:
+        if self.state not in SERVING:
+            return
+        target = self._target()
+        live = self._live()
+        if live >= target:
             return
         if not self._spawn_allowed():
             if self._respawn_call is None or not self._respawn_call.active():
                 delay = self._next_spawn_at - self.clock.seconds()
                 self._respawn_call = self.clock.callLater(delay, self._rebalance)
             return
-        target = min(
-            self.profile.pool_limit,
-            max(1, len(self.queue) // self.profile.effective_grow_threshold),
-        )
-        if self.state == BROKEN:
-            target = 1  # one probe at a time while broken
-        live = self._live()
         while live < target:
             self._spawn()
             live += 1
@@ -301,11 +375,11 @@ class WorkerPool:
     def worker_ready(self, worker: WorkerControl) -> None:
         if self.state == BROKEN:
             self.log.info("{app}: worker started again; the app is no longer broken", app=self.name)
-        if self.state in (RUNNING, BROKEN):
+        if self.state == BROKEN:
             self.state = RUNNING
         self.failures = 0
         self._next_spawn_at = 0.0
-        if self.state != RUNNING:
+        if self.state not in (RUNNING, DRAINING):
             worker.terminate("engine shutting down")
             return
         self._active.append(worker)
@@ -325,9 +399,10 @@ class WorkerPool:
         if self.state == STOPPING:
             self._maybe_stopped()
             return
-        if not worker.handshaken:
+        if not worker.handshaken and not worker.retired:
             self._start_failed(worker, how)
         self._rebalance()
+        self._maybe_drained()
 
     def _start_failed(self, worker: WorkerControl, how: str) -> None:
         self.failures += 1
@@ -345,7 +420,8 @@ class WorkerPool:
                     why=self.last_failure,
                     delay=delay,
                 )
-            self.state = BROKEN
+            if self.state != DRAINING:
+                self.state = BROKEN
             while self.queue:
                 self.queue.popleft().fail(
                     errors.ENGINE,
@@ -367,7 +443,8 @@ class WorkerPool:
     def info(self) -> dict[str, Any]:
         """Pool and queue state, as the app service's ``info`` reports it."""
         workers = {
-            w.uuid: {"state": w.state, "load": w.load, "pid": w.pid} for w in self.workers.values()
+            w.uuid: {"state": w.state, "load": w.load, "pid": w.pid, "retired": w.retired}
+            for w in self.workers.values()
         }
         return {
             "state": self.state,
@@ -379,6 +456,7 @@ class WorkerPool:
             },
             "queue": {"depth": len(self.queue), "capacity": self.profile.queue_limit},
             "sessions": sum(w.load for w in self.workers.values()),
+            "keep-alive": self.wanted,
             "failures": self.failures,
             "last-failure": self.last_failure,
             "counters": dict(self.counters),

@@ -7,7 +7,11 @@ transport signals that whole group. That is what lets the host end an app comple
 helper that outlives its worker is terminated with it, and never keeps the host waiting.
 
 ``WorkerProcessProtocol`` turns the worker's stdout and stderr into log events tagged with
-the app and the worker's uuid (one event per line, long lines cut). It tells the worker's
+the app and the worker's uuid (one event per line, long lines cut), except that a Python
+traceback on stderr is one event at error level: with the line just before it (the
+worker library's "handler failed" heading) when it came in the same read, its chained
+parts, and its final exception line, so that one failure is one log entry an operator
+can find by app. It tells the worker's
 ``WorkerControl`` as soon as the worker process itself has exited (``processExited``),
 not when its pipes close: a child that inherited them may hold them open for ever.
 ``GroupSweep`` then ends what the worker left behind.
@@ -46,6 +50,16 @@ PIPE_GRACE = 1.0
 
 #: How long a sweep waits for a SIGKILLed group to be gone before it stops looking (s).
 KILL_WAIT = 1.0
+
+#: A traceback is logged once a line that is not part of it arrives, or this long after its
+#: last line (s): a worker that fails and then prints nothing still has it logged.
+TRACEBACK_GRACE = 0.2
+
+#: Longest traceback kept as one event, in lines; longer ones are logged in parts.
+MAX_TRACEBACK_LINES = 400
+
+_TRACEBACK_STARTS = ("Traceback (most recent call last):", "Exception Group Traceback")
+_CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
 
 _STREAMS = {1: "stdout", 2: "stderr"}
 _NAMED_SIGNALS = ("HUP", "STOP", "INT", "KILL", "TERM")
@@ -181,6 +195,11 @@ class WorkerProcessProtocol(ProcessProtocol):
     def __init__(self, control: WorkerControl) -> None:
         self.control = control
         self._partial: dict[int, bytes] = {1: b"", 2: b""}
+        #: Lines of the stderr traceback being collected, if one is.
+        self._traceback: list[str] | None = None
+        #: Its final exception line has been seen (what follows may still chain to it).
+        self._traceback_closed = False
+        self._traceback_timer: Any = None
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         buffered = self._partial.get(childFD, b"") + data
@@ -189,19 +208,84 @@ class WorkerProcessProtocol(ProcessProtocol):
             lines.append(rest[:MAX_LOG_LINE])
             rest = rest[MAX_LOG_LINE:]
         self._partial[childFD] = rest
-        for line in lines:
-            self._emit(childFD, line)
+        if childFD != 2:
+            for line in lines:
+                self._emit(childFD, line)
+            return
+        texts = [
+            _text(line[start : start + MAX_LOG_LINE])
+            for line in lines
+            for start in range(0, max(len(line), 1), MAX_LOG_LINE)
+        ]
+        for i, text in enumerate(texts):
+            if (
+                self._traceback is None
+                and i + 1 < len(texts)
+                and texts[i + 1].startswith(_TRACEBACK_STARTS)
+            ):
+                self._traceback = [text]  # the heading written with the traceback
+                self._traceback_closed = False
+                continue
+            self._stderr_line(text)
 
     def _emit(self, fd: int, line: bytes) -> None:
         for start in range(0, max(len(line), 1), MAX_LOG_LINE):
-            text = line[start : start + MAX_LOG_LINE].decode("utf-8", "replace").rstrip("\r")
-            self.log.info(
-                "[{app} {uuid}] {line}",
-                app=self.control.app,
-                uuid=self.control.uuid,
-                stream=_STREAMS.get(fd, str(fd)),
-                line=text,
-            )
+            self._info(fd, _text(line[start : start + MAX_LOG_LINE]))
+
+    def _info(self, fd: int, text: str) -> None:
+        self.log.info(
+            "[{app} {uuid}] {line}",
+            app=self.control.app,
+            uuid=self.control.uuid,
+            stream=_STREAMS.get(fd, str(fd)),
+            line=text,
+        )
+
+    def _stderr_line(self, text: str) -> None:
+        lines = self._traceback
+        if lines is None:
+            if text.startswith(_TRACEBACK_STARTS):
+                self._traceback = [text]
+                self._traceback_closed = False
+                self._arm_traceback()
+            else:
+                self._info(2, text)
+            return
+        starts = text.lstrip(" +|").startswith(_TRACEBACK_STARTS)
+        part_of_it = not text or text[0].isspace() or text.startswith(_CHAINED) or starts
+        if self._traceback_closed and not part_of_it:
+            self._log_traceback()
+            self._stderr_line(text)
+            return
+        lines.append(text)
+        if starts:
+            self._traceback_closed = False  # a chained traceback follows
+        elif not part_of_it:
+            self._traceback_closed = True  # "ValueError: boom"
+        if len(lines) >= MAX_TRACEBACK_LINES:
+            self._log_traceback()
+        else:
+            self._arm_traceback()
+
+    def _arm_traceback(self) -> None:
+        if self._traceback_timer is not None and self._traceback_timer.active():
+            self._traceback_timer.cancel()
+        self._traceback_timer = self.control.clock.callLater(TRACEBACK_GRACE, self._log_traceback)
+
+    def _log_traceback(self) -> None:
+        timer, self._traceback_timer = self._traceback_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        lines, self._traceback = self._traceback, None
+        if not lines:
+            return
+        self.log.error(
+            "[{app} {uuid}] {traceback}",
+            app=self.control.app,
+            uuid=self.control.uuid,
+            stream="stderr",
+            traceback="\n".join(lines).rstrip(),
+        )
 
     def processExited(self, reason: Failure) -> None:
         """The worker process is gone (its pipes may live on in children it left)."""
@@ -213,5 +297,13 @@ class WorkerProcessProtocol(ProcessProtocol):
         """Every pipe is closed too: log what was left of an unfinished line."""
         for fd, rest in self._partial.items():
             if rest:
-                self._emit(fd, rest)
+                if fd == 2:
+                    self._stderr_line(_text(rest))
+                else:
+                    self._emit(fd, rest)
         self._partial = {1: b"", 2: b""}
+        self._log_traceback()
+
+
+def _text(line: bytes) -> str:
+    return line.decode("utf-8", "replace").rstrip("\r")

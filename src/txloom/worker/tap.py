@@ -37,6 +37,7 @@ from txloom.worker.host import (
 )
 from txloom.worker.http_front import DEFAULT_FD_RESERVE, DEFAULT_HTTP_HEAD_TIMEOUT
 from txloom.worker.logging_service import DEBUG, ERROR, INFO, WARNING
+from txloom.worker.reload import ReloadOnHangup
 from txloom.worker.rpc_service import build_controller
 
 #: The launcher chosen unless ``--launcher`` says otherwise.
@@ -62,7 +63,8 @@ class Options(PluginOptions):
         "Every manifest (*.toml or *.json) in --apps describes an app; its workers are "
         "spawned on demand, connect back on a Unix socket under --runtime, and serve "
         "sessions routed to them by the app's service (resolved through the Locator) or "
-        "by the HTTP front end. SIGTERM terminates every worker and exits 0."
+        "by the HTTP front end. SIGHUP re-reads --apps (added, changed and removed apps take "
+        "effect; sessions of unchanged apps go on). SIGTERM terminates every worker and exits 0."
     )
     optParameters = [
         ["apps", "a", None, "Directory of app manifests (*.toml, *.json). Required."],
@@ -295,6 +297,7 @@ def makeService(options: Options) -> WorkerHost:
             token=token.encode() if token else None,
         ).setServiceParent(host)
     CleanExitOnSignal(host.reactor).setServiceParent(host)
+    ReloadOnHangup(host.reactor, host.reload).setServiceParent(host)
     systemd.ready_when()
     if options["status"]:
         from txloom.status.worker import watch_worker  # noqa: PLC0415 - only when asked for

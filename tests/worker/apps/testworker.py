@@ -53,6 +53,21 @@ def pid(request: Request, response: Response) -> None:
     response.write(str(os.getpid()))
 
 
+@worker.on("env")
+async def env(request: Request, response: Response) -> None:
+    """The value of the environment variable the request names, then the worker's pid."""
+    name = (await request.read_all()).decode()
+    response.write(f"{os.environ.get(name, '')} {os.getpid()}")
+
+
+@worker.on("linger")
+async def linger(request: Request, response: Response) -> None:
+    """Answers its pid at once, and "done" once the caller has closed its side."""
+    response.write(str(os.getpid()))
+    await request.read_all()
+    response.write(b"done")
+
+
 @worker.on("hang")
 async def hang(request: Request, response: Response) -> None:
     """Answers its pid at once, then never finishes."""
