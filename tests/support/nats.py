@@ -340,3 +340,24 @@ def nats_cluster(tmp_path: Path):
         yield cluster
     finally:
         cluster.stop()
+
+
+class JetStreamServer(NatsServer):
+    """One ``nats-server`` with JetStream, syncing every write (``sync_interval: always``)."""
+
+    def __init__(self, cwd: Path) -> None:
+        config = cwd / "jetstream.conf"
+        config.write_text(
+            f'jetstream {{ store_dir: "{cwd / "jetstream"}", sync_interval: always }}\n'
+        )
+        super().__init__(cwd, "-c", str(config))
+
+
+@pytest.fixture(scope="session")
+def jetstream_server(tmp_path_factory: pytest.TempPathFactory):
+    """One JetStream server for a whole run; tests keep apart by stream prefix."""
+    server = JetStreamServer(tmp_path_factory.mktemp("jetstream")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
