@@ -53,8 +53,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def store_row(data: Path, name: str, args: list[str], seconds: float, warmup: float) -> Result:
-    server, _ = start_server(data, *args)
+def store_row(  # noqa: PLR0917 - one row's settings
+    data: Path,
+    name: str,
+    args: list[str],
+    seconds: float,
+    warmup: float,
+    reactor: str | None = None,
+) -> Result:
+    server, _ = start_server(data, *args, reactor=reactor)
     try:
         before = cpu_seconds(server.process.pid)
         started = time.perf_counter()
@@ -134,32 +141,35 @@ def store_on_jetstream(args: argparse.Namespace) -> None:
         show(store_row(workdir / "file", "storeserver --backend file", [], seconds, warmup))
         for replicas in (1, 3):
             floor = show(floor_row(cluster.urls, replicas, seconds, warmup))
-            backend = show(
-                store_row(
-                    workdir / f"js{replicas}",
-                    f"storeserver --backend jetstream R{replicas}",
-                    [
-                        "--backend",
-                        "jetstream",
-                        "--nats",
-                        cluster.url,
-                        "--replicas",
-                        str(replicas),
-                        "--backend-option",
-                        f"prefix=bench_r{replicas}",
-                    ],
-                    seconds,
-                    warmup,
+            for reactor in (None, "asyncio"):
+                loop = "own thread" if reactor is None else "same loop"
+                backend = show(
+                    store_row(
+                        workdir / f"js{replicas}{reactor}",
+                        f"storeserver jetstream R{replicas} ({loop})",
+                        [
+                            "--backend",
+                            "jetstream",
+                            "--nats",
+                            cluster.url,
+                            "--replicas",
+                            str(replicas),
+                            "--backend-option",
+                            f"prefix=bench_r{replicas}_{reactor or 'epoll'}",
+                        ],
+                        seconds,
+                        warmup,
+                        reactor,
+                    )
                 )
-            )
-            ratios.append((replicas, backend.rate / floor.rate, backend, floor))
+                ratios.append((f"R{replicas} ({loop})", backend.rate / floor.rate, backend, floor))
     finally:
         cluster.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print()
-    for replicas, ratio, backend, floor in ratios:
+    for label, ratio, backend, floor in ratios:
         print(
-            f"jetstream backend R{replicas}: {ratio:.2f}x the nats-py floor "
+            f"jetstream backend {label}: {ratio:.2f}x the nats-py floor "
             f"({backend.rate:,.0f} vs {floor.rate:,.0f} acked writes/s; p99 "
             f"{backend.p99_ms:.1f} vs {floor.p99_ms:.1f} ms) -> "
             f"{'MET' if ratio >= 0.7 else 'NOT MET'} (target >= 0.70)"

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats
+from nats.errors import NoRespondersError
 from nats.js import api
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from txloom.aioloop import AsyncioRunner
 
@@ -50,6 +51,8 @@ CONSUMER_HEARTBEAT = 0.5
 #: stream is electing a leader); tries carry the same message id, so JetStream stores a
 #: publication once however often it is tried.
 PUBLISH_RETRY_PAUSE = 0.05
+#: Seconds between looks for publications whose acknowledgement is late.
+SWEEP_INTERVAL = 0.05
 #: Bytes of snapshot facts per part message (under NATS's default 1 MiB payload limit).
 SNAPSHOT_PART_BYTES = 512 * 1024
 #: Header marking a number reserved by a snapshot (its value: the snapshot's name).
@@ -115,6 +118,24 @@ Delivered = tuple[int, bool, bytes]
 Publication = tuple[int, str, bytes, str, "str | None"]
 
 
+class StoreRefused(Exception):
+    """JetStream refused a publication for good (too large, no such stream, ...)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A publication waiting for its acknowledgement."""
+
+    token: int
+    subject: str
+    body: bytes
+    headers: dict[str, str]
+    deadline: float
+    sent_at: float = 0.0
+    tries: int = 1
+    error: Exception | None = None
+
+
 def encode_part(entries: Sequence[tuple[int, bytes]]) -> bytes:
     return b"".join(_ENTRY.pack(seq, len(body)) + body for seq, body in entries)
 
@@ -161,6 +182,9 @@ class JetStreamLink:
         self._facts: list[Delivered] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._waiting: dict[int, _Pending] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        self._inbox = ""
         self._subs: list[Any] = []
         self._closing = False
 
@@ -195,6 +219,8 @@ class JetStreamLink:
         self.nc = await asyncio.wait_for(nats.connect(**options), s.connect_timeout)
         self.max_payload = self.nc.max_payload
         self.js = self.nc.jetstream(timeout=s.ack_timeout)
+        self._inbox = self.nc.new_inbox()
+        self._subs.append(await self.nc.subscribe(f"{self._inbox}.*", cb=self._acknowledged))
         last = await self._ensure_stream(
             s.facts_stream, [f"{s.prefix}.facts.>"], max_per_subject=-1
         )
@@ -256,6 +282,8 @@ class JetStreamLink:
 
     async def close(self) -> None:
         self._closing = True
+        if self._sweep is not None:
+            self._sweep.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self.nc is not None and not self.nc.is_closed:
@@ -280,52 +308,100 @@ class JetStreamLink:
     # -- publishing -----------------------------------------------------------------------
 
     def publish(self, batch: list[Publication]) -> None:
-        """Loop thread: publish each in order (so they are numbered in order), then
-        collect the acknowledgements as they come."""
+        """Loop thread: publish each in order (so they are numbered in order); the
+        acknowledgements come to this link's own inbox, one subscription for all."""
         task = asyncio.ensure_future(self._publish_batch(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _publish_batch(self, batch: list[Publication]) -> None:
-        pending = []
+        now = asyncio.get_running_loop().time()
         for token, subject, body, msg_id, reserved_for in batch:
             headers = {"Nats-Msg-Id": msg_id}
             if reserved_for is not None:
                 headers[SNAPSHOT_HEADER] = reserved_for
-            try:
-                future = await self.js.publish_async(subject, body, headers=headers)
-            except Exception as e:
-                future = e
-            pending.append((token, subject, body, headers, future))
-        await asyncio.gather(*(self._settle(*p) for p in pending))
+            pending = _Pending(token, subject, body, headers, now + self.settings.retry_for)
+            self._waiting[token] = pending
+            await self._send(pending, now)
+        self._arm_sweep()
 
-    async def _settle(
-        self, token: int, subject: str, body: bytes, headers: dict[str, str], first: Any
-    ) -> None:
+    async def _send(self, pending: _Pending, now: float) -> None:
+        pending.sent_at = now
+        try:
+            await self.nc.publish(
+                pending.subject,
+                pending.body,
+                reply=f"{self._inbox}.{pending.token}",
+                headers=pending.headers,
+            )
+        except Exception as e:  # reconnecting and its buffer is full, say: tried again
+            pending.error = e
+            pending.sent_at = -1.0
+
+    async def _acknowledged(self, msg: Any) -> None:
+        """An acknowledgement (or a refusal, or "no responders") in this link's inbox."""
+        try:
+            token = int(msg.subject.rsplit(".", 1)[1])
+        except ValueError:
+            return
+        pending = self._waiting.get(token)
+        if pending is None:
+            return  # an answer to an earlier try of a publication already settled
+        if msg.headers and msg.headers.get("Status") == "503":
+            pending.error = NoRespondersError()
+            return  # no stream leader right now: the sweep tries again
+        try:
+            answer = json.loads(msg.data)
+        except ValueError as e:
+            pending.error = e
+            return
+        error = answer.get("error")
+        if error is None:
+            del self._waiting[token]
+            self._ack((token, answer["seq"], bool(answer.get("duplicate"))))
+        elif error.get("code") == 503:
+            pending.error = ConnectionError(error.get("description", "unavailable"))
+        else:
+            del self._waiting[token]
+            self._ack((token, StoreRefused(error.get("description", str(error))), False))
+
+    def _arm_sweep(self) -> None:
+        if self._sweep is None and self._waiting and not self._closing:
+            loop = asyncio.get_running_loop()
+            self._sweep = loop.call_later(SWEEP_INTERVAL, self._swept)
+
+    def _swept(self) -> None:
+        """Try again what has no acknowledgement after ``ack_timeout`` (or failed to be
+        sent, or met no stream leader); give up on what is past ``retry_for``."""
+        self._sweep = None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.retry_for
-        future = first
-        while True:
-            try:
-                if isinstance(future, BaseException):
-                    raise future
-                ack = await asyncio.wait_for(future, self.settings.ack_timeout)
-                self._ack((token, ack.seq, bool(ack.duplicate)))
-                return
-            except asyncio.CancelledError:
-                raise
-            except BadRequestError as e:  # refused (too large, stream gone): not retried
-                self._ack((token, e, False))
-                return
-            except Exception as e:
-                if self._closing or loop.time() > deadline:
-                    self._ack((token, e, False))
-                    return
-            await asyncio.sleep(PUBLISH_RETRY_PAUSE)
-            try:
-                future = await self.js.publish_async(subject, body, headers=dict(headers))
-            except Exception as e:
-                future = e
+        now = loop.time()
+        again = []
+        for token, pending in list(self._waiting.items()):
+            late = now - pending.sent_at > self.settings.ack_timeout
+            refused = pending.error is not None and now - pending.sent_at > PUBLISH_RETRY_PAUSE
+            if not (late or refused):
+                continue
+            if self._closing or now > pending.deadline:
+                del self._waiting[token]
+                self._ack((token, pending.error or TimeoutError("no acknowledgement"), False))
+                continue
+            pending.error = None
+            pending.tries += 1
+            again.append(pending)
+        if again:
+            self._background(self._resend(again))
+        self._arm_sweep()
+
+    async def _resend(self, again: list[_Pending]) -> None:
+        now = asyncio.get_running_loop().time()
+        for pending in sorted(again, key=lambda p: p.token):
+            await self._send(pending, now)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _ack(self, item: Any) -> None:
         self._acks.append(item)
