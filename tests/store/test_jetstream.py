@@ -5,21 +5,30 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import nats
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.python import usage
 
-from support.nats import NatsCluster, nats_cluster, on_loop  # noqa: F401
+from support.nats import (  # noqa: F401
+    JetStreamServer,
+    NatsCluster,
+    jetstream_server,
+    nats_cluster,
+    on_loop,
+)
 from support.processes import ChildProcess, twistd
 from support.waiting import until
 from txloom.store import Fact
 from txloom.store.client import StoreClient
 from txloom.store.errors import StoreError
+from txloom.store.fact import encode_fact, meta_of, normalize_fact
+from txloom.store.factories import JetStreamOptions, jetstream_backend
 from txloom.store.tap import Options
 
 
@@ -47,6 +56,57 @@ def test_without_the_jetstream_backend_nothing_loads_nats() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def record(fact_id: str, t: float, store: str):
+    fact = normalize_fact({"id": fact_id, "store": store, "transaction_time": t})
+    return encode_fact(fact), meta_of(fact)
+
+
+def backend_on(server: JetStreamServer, prefix: str):
+    options = JetStreamOptions()
+    options.parseOptions(["--nats", server.url, "--prefix", prefix])
+    return jetstream_backend(reactor, options)
+
+
+def replayed(backend) -> list[bytes]:
+    plan = backend.plan_replay()
+    try:
+        return [body for batch in plan.batches() for body in batch]
+    finally:
+        plan.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_backends_on_one_stream_see_each_others_facts_and_snapshots(
+    jetstream_server: JetStreamServer,  # noqa: F811
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    a, b = backend_on(jetstream_server, prefix), backend_on(jetstream_server, prefix)
+    await a.open()
+    await b.open()
+    try:
+        heard: list[int] = []
+        b.add_listener(lambda batch: heard.extend(c.seq for c in batch))
+        writes = [
+            (a if i % 2 else b).append(*record(f"f{i}", float(i), "odd" if i % 2 else "even"))
+            for i in range(40)
+        ]
+        numbers = await defer.gatherResults(writes)
+        assert sorted(numbers) == list(range(1, 41))
+        await until(lambda: len(heard) == 40, 20, "b to hear every write")
+        assert heard == list(range(1, 41))  # in stream order, a's writes among b's
+        await a.write_snapshot([record("f3", 3.0, "odd"), record("s1", 0.5, "snap")])
+        await until(lambda: replayed(b) == replayed(a), 20, "b to install a's snapshot")
+        assert b.fact_count == a.fact_count == 41
+        # a later server loads the same facts and snapshot from the streams alone
+        c = backend_on(jetstream_server, prefix)
+        await c.open()
+        assert replayed(c) == replayed(a) and c.last_seq == a.last_seq == 41
+        await c.close()
+    finally:
+        await a.close()
+        await b.close()
 
 
 LISTENING = r"storeserver listening on tcp:127\.0\.0\.1:(\d+)"

@@ -216,7 +216,8 @@ class NatsClusterNode(NatsServer):
         self.monitor_port = free_port()
         self.store_dir = cwd / "jetstream"
 
-    def _monitor(self, path: str) -> Any:
+    def monitor(self, path: str) -> Any:
+        """A monitoring endpoint's JSON (``/varz``, ``/jsz``, ...)."""
         with urllib.request.urlopen(
             f"http://127.0.0.1:{self.monitor_port}{path}", timeout=2
         ) as reply:
@@ -226,16 +227,16 @@ class NatsClusterNode(NatsServer):
         """Up, and JetStream current with a metadata leader that sees every peer current
         (until then, a stream with one replica per node cannot be placed)."""
         try:
-            if self._monitor("/healthz").get("status") != "ok":
+            if self.monitor("/healthz").get("status") != "ok":
                 return False
-            meta = self._monitor("/jsz").get("meta_cluster") or {}
+            meta = self.monitor("/jsz").get("meta_cluster") or {}
         except (OSError, ValueError):
             return False
         leader = self.cluster.node_named(meta.get("leader", ""))
         if leader is None:
             return False
         try:
-            meta = leader._monitor("/jsz").get("meta_cluster") or {}
+            meta = leader.monitor("/jsz").get("meta_cluster") or {}
         except (OSError, ValueError):
             return False
         peers = meta.get("replicas") or []
