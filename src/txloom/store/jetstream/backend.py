@@ -223,13 +223,17 @@ class JetStreamBackend:
             status["storage_error"] = self.error
         return status
 
-    def _link_state(self, text: str | None) -> None:
+    def _link_state(self, text: str | None, down: bool) -> None:
+        """NATS news: ``stats`` shows the storage failed while the link is down (writes
+        wait, and are tried again, meanwhile)."""
         if text is None:
             if self.error is not None:
                 self.log.info("NATS connection is back")
             self.error = None
-        else:
-            self.log.warn("{text}", text=text)
+            return
+        self.log.warn("{text}", text=text)
+        if down:
+            self.error = text
 
     # -- writing --------------------------------------------------------------------------
 

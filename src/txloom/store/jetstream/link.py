@@ -155,7 +155,8 @@ class JetStreamLink:
     """The loop side of the backend (see the module docstring).
 
     ``on_acks(list of (token, number | Exception, duplicate))``, ``on_facts(list of
-    Delivered)``, ``on_snapshot(name, [(number, body)])`` and ``on_state(text | None)``
+    Delivered)``, ``on_snapshot(name, [(number, body)])`` and ``on_state(text | None,
+    down)`` (None: connected again; ``down``: the connection is lost)
     are called on the reactor thread through ``runner.to_reactor``.
     """
 
@@ -167,7 +168,7 @@ class JetStreamLink:
         on_acks: Callable[[list[Any]], None],
         on_facts: Callable[[list[Delivered]], None],
         on_snapshot: Callable[[str, list[tuple[int, bytes]]], None],
-        on_state: Callable[[str | None], None],
+        on_state: Callable[[str | None, bool], None],
     ) -> None:
         self.runner = runner
         self.settings = settings
@@ -297,13 +298,13 @@ class JetStreamLink:
 
     async def _disconnected(self) -> None:
         if not self._closing:
-            self._report("NATS connection lost; reconnecting")
+            self._report("NATS connection lost; reconnecting", down=True)
 
     async def _reconnected(self) -> None:
         self._report(None)
 
-    def _report(self, text: str | None) -> None:
-        self.runner.to_reactor(self._on_state, text)
+    def _report(self, text: str | None, down: bool = False) -> None:
+        self.runner.to_reactor(self._on_state, text, down)
 
     # -- publishing -----------------------------------------------------------------------
 
