@@ -14,6 +14,10 @@ marker per line, invisible once the page is rendered) says otherwise::
     <!-- doc: file PATH -->            save the block as PATH (a config file, a script)
     <!-- doc: expect TEXT -->          the block's output must contain TEXT (repeatable)
 
+A marker on a line of its own (not directly above a fence) holds for every block of the
+page: ``<!-- doc: tested-by tests/test_cluster_docs.py -->`` under a page's title hands the
+whole page to that module.
+
 Only ``python`` and ``sh`` blocks run; other languages (``toml``, ``ini``...) are saved
 when marked ``file`` and otherwise read as text. Pages are found by globbing, so a new
 page is run as soon as it exists.
@@ -78,6 +82,7 @@ def blocks(page: Path) -> list[Block]:
     """The fenced blocks of ``page`` in order, with their markers; ``MarkerError`` if bad."""
     lines = page.read_text(encoding="utf-8").splitlines()
     found: list[Block] = []
+    whole_page = _page_markers(page, lines)
     i = 0
     while i < len(lines):
         fence = _FENCE.match(lines[i])
@@ -91,9 +96,25 @@ def blocks(page: Path) -> list[Block]:
         body = [
             line[len(indent) :] if line.startswith(indent) else line for line in lines[i + 1 : end]
         ]
-        found.append(Block(page, i + 1, language, "\n".join(body) + "\n", _markers(page, lines, i)))
+        markers = whole_page + _markers(page, lines, i)
+        found.append(Block(page, i + 1, language, "\n".join(body) + "\n", markers))
         i = end + 1
     return found
+
+
+def _page_markers(page: Path, lines: list[str]) -> tuple[tuple[str, str], ...]:
+    """Markers in runs of marker lines that are not directly above a fence."""
+    markers: list[tuple[str, str]] = []
+    for j, line in enumerate(lines):
+        if not _MARKER.match(line):
+            continue
+        end = j
+        while end < len(lines) and _MARKER.match(lines[end]):
+            end += 1
+        if end < len(lines) and _FENCE.match(lines[end]):
+            continue
+        markers.extend(_markers(page, lines, j + 1)[-1:])
+    return tuple(markers)
 
 
 def _markers(page: Path, lines: list[str], fence: int) -> tuple[tuple[str, str], ...]:
