@@ -143,6 +143,11 @@ class WorkerPool:
         """Serve new sessions from ``manifest``; current workers finish theirs, then end."""
         self.manifest = manifest
         self.profile = manifest.profile
+        # a new manifest is a new start: a broken app is tried again at once
+        self.failures = 0
+        self._next_spawn_at = 0.0
+        if self.state == BROKEN:
+            self.state = RUNNING
         for worker in list(self.workers.values()):
             worker.retire("app reloaded")
         self._rebalance()
