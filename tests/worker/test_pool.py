@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -299,3 +300,44 @@ def test_data_sent_to_a_queued_session_is_bounded() -> None:
     assert reply.end[:2] == (errors.ENGINE, errors.QUEUE_FULL)
     assert "before a worker was free" in reply.end[2]
     assert session.finished and not pool.queue
+
+
+def test_roll_retires_old_workers_after_their_sessions_and_heals_a_broken_app() -> None:
+    pool, _clock, launcher = make_pool(crash_limit=1, backoff_initial=5.0)
+    old = Recorder()
+    session = pool.enqueue(b"ping", (), old)
+    session.message(2, [])  # the caller has sent everything
+    worker = ready_worker(pool, launcher)
+    new_manifest = dataclasses.replace(pool.manifest, command=("worker2",))
+    pool.roll(new_manifest)
+    assert worker.connection.control.retired and worker.connection.control.state == "active"
+    second = Recorder()
+    pool.enqueue(b"ping", (), second)  # not to the retired worker: a new one is spawned
+    assert launcher.launched[-1][1][0] == "worker2" and len(launcher.launched) == 2
+    worker.received()
+    worker.send(2, 2, [])  # the old session ends: the old worker is told to terminate
+    assert old.end == "closed" and worker.connection.control.state == "terminating"
+    # a failed start breaks the app; a new manifest tries again at once
+    launcher.launched[-1][0].exit(1)
+    assert pool.state == "broken" and second.end[:2] == (errors.ENGINE, errors.APP_BROKEN)
+    pool.roll(dataclasses.replace(new_manifest, command=("worker3",)))
+    third = Recorder()
+    pool.enqueue(b"ping", (), third)
+    assert pool.state == "running" and launcher.launched[-1][1][0] == "worker3"
+
+
+def test_drain_refuses_new_sessions_and_stops_when_the_last_one_ends() -> None:
+    pool, _clock, launcher = make_pool()
+    running = Recorder()
+    pool.enqueue(b"ping", (), running).message(2, [])
+    worker = ready_worker(pool, launcher)
+    drained = pool.drain()
+    refused = Recorder()
+    pool.enqueue(b"ping", (), refused)
+    assert refused.end == (errors.ENGINE, errors.SHUTTING_DOWN, "app app is being removed")
+    assert not drained.called
+    worker.received()
+    worker.send(2, 2, [])
+    assert running.end == "closed" and pool.state == "stopping"
+    launcher.launched[-1][0].exit(0)
+    assert drained.called and pool.state == "stopped"
