@@ -480,6 +480,8 @@ def push_to_subscribers(
         for key, _ in ready:
             sock = key.fileobj
             data = sock.recv(1 << 20)
+            if not data:
+                raise RuntimeError(f"the server closed a connection at {min(counts.values())}")
             if sock in acked:
                 buf = ack_buf[sock] + data
                 got = len(buf) // len(OK_FRAME)
@@ -616,7 +618,13 @@ def main() -> None:
         if "isolation" in parts:
             interference(workdir / "isolation", args.isolation_facts or sizes[-1], show, extra)
         if "push" in parts:
-            server, _ = start_server(workdir / "push", "--fsync", "never")
+            # queues deep enough for the whole run: a client process starved of CPU
+            # must not be cut off as a slow subscriber (that is the server's policy)
+            server, _ = start_server(
+                workdir / "push",
+                *("--fsync", "never", "--subscriber-max-events", "1000000"),
+                *("--subscriber-max-bytes", str(1 << 30)),
+            )
             try:
                 events, writes = push_to_subscribers(
                     server.address, 10, 20_000 if args.quick else 100_000

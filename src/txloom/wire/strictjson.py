@@ -1,7 +1,8 @@
 """Strict, compact UTF-8 JSON: orjson's speed with the standard library's answers.
 
-Parsing and encoding JSON was the largest single cost of a store write (about 10 µs of
-the request's decode and the fact's encode with ``json``, under 2 µs with orjson). The
+Parsing and encoding JSON was the largest single cost of a store write: on a quiet
+machine, 4.6 µs to parse a 460-byte ``write_fact`` request and 5.9 µs to encode its fact
+with ``json``, 1.3 and 0.5 µs with orjson (plus about 1 µs for the checks below). The
 two libraries disagree on a few inputs, and the wire's rules were written against the
 standard library's behaviour, so orjson is used only where it gives the same value:
 
