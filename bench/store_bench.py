@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,12 +108,17 @@ class Server:
 
 
 def start_server(
-    data: Path, *args: str, timeout: float = 600.0, src: Path | None = None
+    data: Path,
+    *args: str,
+    timeout: float = 600.0,
+    reactor: str | None = None,
+    src: Path | None = None,
 ) -> tuple[Server, float]:
     """``twistd storeserver`` on a free port; returns it and the seconds until it listened.
 
-    ``src``: run the ``txloom`` package found there instead (a checkout's ``src`` of an
-    earlier version, for before/after rows from the same run).
+    ``reactor`` names twistd's reactor (``--reactor``) when not its default; ``src``: run
+    the ``txloom`` package found there instead (a checkout's ``src`` of an earlier
+    version, for before/after rows from the same run).
     """
     started = time.monotonic()
     env = None
@@ -123,6 +129,7 @@ def start_server(
             str(TWISTD),
             "--nodaemon",
             "--pidfile=",
+            *([f"--reactor={reactor}"] if reactor else []),
             "storeserver",
             "--listen",
             "tcp:0:interface=127.0.0.1",
@@ -280,27 +287,48 @@ def closed_loop_writes(
     seconds: float,
     warmup: float,
     *,
-    pid: int,
-    loadgen: Path | None = None,
-) -> WriteRun:
-    """``clients`` connections, each with one write in flight, measured for ``seconds``
-    after ``warmup``: by the C load generator if built, else by ``write_loop``."""
-    if loadgen is not None:
-        return _loadgen_writes(loadgen, address, clients, (seconds, warmup), pid)
+    sample: Callable[[], None] | None = None,
+) -> tuple[float, list[float]]:
+    """Acked writes/s and sorted ack latencies, each client with one write in flight,
+    from this process (``write_loop``); ``sample()`` is called when the measured window
+    starts and when it ends."""
     measure_from = time.perf_counter() + warmup
     stop_at = measure_from + seconds
     latencies: list[float] = []
-    cpu: list[tuple[float, float]] = []
+    started = []
 
     def acked(sent: float, done: float) -> None:
         if done >= measure_from:
-            if not cpu:
-                cpu.append(cpu_seconds(pid))
+            if not started:
+                started.append(done)
+                if sample is not None:
+                    sample()
             latencies.append(done - sent)
 
     write_loop(address, clients, lambda: time.perf_counter() >= stop_at, acked)
-    cpu.append(cpu_seconds(pid))
+    if sample is not None:
+        sample()
     latencies.sort()
+    return len(latencies) / seconds, latencies
+
+
+def write_run(
+    address: tuple[str, int],
+    clients: int,
+    seconds: float,
+    warmup: float,
+    *,
+    pid: int,
+    loadgen: Path | None = None,
+) -> WriteRun:
+    """``closed_loop_writes`` with the server's CPU per write: driven by the C load
+    generator if built, else from this process."""
+    if loadgen is not None:
+        return _loadgen_writes(loadgen, address, clients, (seconds, warmup), pid)
+    cpu: list[tuple[float, float]] = []
+    _rate, latencies = closed_loop_writes(
+        address, clients, seconds, warmup, sample=lambda: cpu.append(cpu_seconds(pid))
+    )
     return _run(len(latencies), seconds, latencies, cpu[0], cpu[-1])
 
 
@@ -677,7 +705,7 @@ def write_runs(args, workdir: Path, times: tuple[float, float], show, best: dict
                 for _ in range(args.repeat):
                     for n, server in enumerate(servers):
                         runs[n].append(
-                            closed_loop_writes(
+                            write_run(
                                 server.address,
                                 clients,
                                 seconds,
