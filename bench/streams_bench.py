@@ -134,6 +134,7 @@ async def bench(args: argparse.Namespace, child: subprocess.Popen, ports: tuple[
 
     # connect
     latencies: list[float] = []
+    loads = set(args.only or ("connect", "heavy", "flood"))
     requests = 2000 // scale * 2
 
     async def one() -> None:
@@ -146,18 +147,19 @@ async def bench(args: argparse.Namespace, child: subprocess.Popen, ports: tuple[
         for _ in range(n):
             await one()
 
-    cpu0, t0 = cpu_seconds(child.pid), time.perf_counter()
-    await DeferredList([Deferred.fromCoroutine(worker(requests // 16)) for _ in range(16)])
-    elapsed, cpu = time.perf_counter() - t0, cpu_seconds(child.pid) - cpu0
-    rows.append(
-        (
-            "connect (1 source, 1 empty frame)",
-            f"{len(latencies) / elapsed:,.0f} req/s",
-            f"p50 {percentile(latencies, 0.5) * 1e3:.1f} ms, "
-            f"p99 {percentile(latencies, 0.99) * 1e3:.1f} ms",
-            f"{cpu / len(latencies) * 1e6:.0f} us/request",
+    if "connect" in loads:
+        cpu0, t0 = cpu_seconds(child.pid), time.perf_counter()
+        await DeferredList([Deferred.fromCoroutine(worker(requests // 16)) for _ in range(16)])
+        elapsed, cpu = time.perf_counter() - t0, cpu_seconds(child.pid) - cpu0
+        rows.append(
+            (
+                "connect (1 source, 1 empty frame)",
+                f"{len(latencies) / elapsed:,.0f} req/s",
+                f"p50 {percentile(latencies, 0.5) * 1e3:.1f} ms, "
+                f"p99 {percentile(latencies, 0.99) * 1e3:.1f} ms",
+                f"{cpu / len(latencies) * 1e6:.0f} us/request",
+            )
         )
-    )
 
     async def streams(sources: int, count: int, size: int) -> tuple[float, float]:
         cpu0, t0 = cpu_seconds(child.pid), time.perf_counter()
@@ -202,31 +204,33 @@ async def bench(args: argparse.Namespace, child: subprocess.Popen, ports: tuple[
         return time.perf_counter() - t0
 
     heavy = (10, 500 // scale, MIB)
-    elapsed, cpu = await streams(*heavy)
-    plain_elapsed = await plain(*heavy)
-    mb = heavy[0] * heavy[1] * heavy[2] / 1e6
-    frames = heavy[0] * heavy[1]
-    rows.append(
-        (
-            f"heavy (10 x {heavy[1]} x 1 MiB)",
-            f"{mb / elapsed:,.0f} MB/s",
-            f"plain TCP {mb / plain_elapsed:,.0f} MB/s: ratio {plain_elapsed / elapsed:.2f}",
-            f"{cpu / frames * 1e6:.0f} us/frame",
+    if "heavy" in loads:
+        elapsed, cpu = await streams(*heavy)
+        plain_elapsed = await plain(*heavy)
+        mb = heavy[0] * heavy[1] * heavy[2] / 1e6
+        frames = heavy[0] * heavy[1]
+        rows.append(
+            (
+                f"heavy (10 x {heavy[1]} x 1 MiB)",
+                f"{mb / elapsed:,.0f} MB/s",
+                f"plain TCP {mb / plain_elapsed:,.0f} MB/s: ratio {plain_elapsed / elapsed:.2f}",
+                f"{cpu / frames * 1e6:.0f} us/frame",
+            )
         )
-    )
     flood = (1000, 5000 // scale, 64)
-    elapsed, cpu = await streams(*flood)
-    plain_elapsed = await plain(*flood)
-    frames = flood[0] * flood[1]
-    rows.append(
-        (
-            f"flood (1000 x {flood[1]} x 64 B)",
-            f"{frames / elapsed:,.0f} frames/s",
-            f"plain TCP {frames / plain_elapsed:,.0f} frames/s: "
-            f"ratio {plain_elapsed / elapsed:.2f}",
-            f"{cpu / frames * 1e6:.2f} us/frame",
+    if "flood" in loads:
+        elapsed, cpu = await streams(*flood)
+        plain_elapsed = await plain(*flood)
+        frames = flood[0] * flood[1]
+        rows.append(
+            (
+                f"flood (1000 x {flood[1]} x 64 B)",
+                f"{frames / elapsed:,.0f} frames/s",
+                f"plain TCP {frames / plain_elapsed:,.0f} frames/s: "
+                f"ratio {plain_elapsed / elapsed:.2f}",
+                f"{cpu / frames * 1e6:.2f} us/frame",
+            )
         )
-    )
     print()
     print(f"{'load':34} {'result':>18}  {'compared':52} server CPU")
     for name, result, compared, cpu_text in rows:
@@ -236,6 +240,9 @@ async def bench(args: argparse.Namespace, child: subprocess.Popen, ports: tuple[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the frames")
+    parser.add_argument(
+        "--only", action="append", choices=("connect", "heavy", "flood"), help="run this load"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:

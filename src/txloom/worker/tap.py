@@ -122,7 +122,12 @@ class Options(PluginOptions):
             "Endpoint string for reverse-RPC agents over the stream transport, e.g. "
             "tcp:7300 (their functions are then callable through the Locator's rpc service).",
         ],
-        ["rpc-grpc", None, None, "Endpoint for reverse-RPC agents over gRPC, e.g. tcp:7301."],
+        [
+            "rpc-grpc",
+            None,
+            None,
+            "Endpoint for reverse-RPC agents over gRPC, e.g. tcp:7301:interface=127.0.0.1.",
+        ],
         ["rpc-token-file", None, None, "File holding the token reverse-RPC agents must send."],
         [
             "http-max-connections",
