@@ -96,14 +96,19 @@ class Server:
             self.process.wait()
 
 
-def start_server(data: Path, *args: str, timeout: float = 600.0) -> tuple[Server, float]:
-    """``twistd storeserver`` on a free port; returns it and the seconds until it listened."""
+def start_server(
+    data: Path, *args: str, timeout: float = 600.0, reactor: str | None = None
+) -> tuple[Server, float]:
+    """``twistd storeserver`` on a free port; returns it and the seconds until it listened.
+
+    ``reactor`` names twistd's reactor (``--reactor``) when not its default."""
     started = time.monotonic()
     process = subprocess.Popen(
         [
             str(TWISTD),
             "--nodaemon",
             "--pidfile=",
+            *([f"--reactor={reactor}"] if reactor else []),
             "storeserver",
             "--listen",
             "tcp:0:interface=127.0.0.1",

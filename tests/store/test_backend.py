@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from zope.interface.verify import verifyObject
 
+from support.nats import jetstream_server  # noqa: F401
 from txloom import extensions
 from txloom.interfaces import IReplayPlan, IStorageBackend, IStorageBackendFactory
 from txloom.store.backend import StoreBackend, file_backend
@@ -40,25 +43,37 @@ async def page(backend: StoreBackend, since: int, stores=None, limit=None, budge
     return ids, plan.next, plan.more
 
 
-def build(kind: str, path: Path, fsync: str = "always") -> StoreBackend:
+def build(kind: str, path: Path, fsync: str = "always", words: Sequence[str] = ()) -> StoreBackend:
     """A backend as ``twistd storeserver --backend KIND`` builds it: by its factory."""
     config = StoreConfig(data_dir=str(path), fsync=FsyncPolicy.parse(fsync))
     factory = extensions.choose(IStorageBackendFactory, kind, "--backend")
-    return factory.backend(reactor, config, None)
+    options = extensions.parse_options(factory, words, "--backend-option")
+    return factory.backend(reactor, config, options)
 
 
 #: Every backend runs the same behaviour tests; ``sqlite`` comes from the example
-#: distribution under examples/txloom-extras, installed as a third party would be.
-KINDS = ["file", "memory", "sqlite"]
-DURABLE = ["file", "sqlite"]
+#: distribution under examples/txloom-extras, installed as a third party would be;
+#: ``jetstream`` runs on one JetStream server for the whole run, a stream per test.
+KINDS = ["file", "memory", "sqlite", "jetstream"]
+DURABLE = ["file", "sqlite", "jetstream"]
+
+
+def option_words(request, kind: str) -> list[str]:
+    """``--backend-option`` words: for jetstream, the run's server and a stream of this
+    test's own."""
+    if kind != "jetstream":
+        return []
+    server = request.getfixturevalue("jetstream_server")
+    return [f"nats={server.url}", f"prefix=t{uuid.uuid4().hex[:12]}"]
 
 
 @pytest.fixture(params=KINDS)
 def make_backend(request, tmp_path: Path):
     opened: list[StoreBackend] = []
+    words = option_words(request, request.param)
 
     def make(fsync: str = "always") -> StoreBackend:
-        backend = build(request.param, tmp_path / "data", fsync)
+        backend = build(request.param, tmp_path / "data", fsync, words)
         opened.append(backend)
         return backend
 
@@ -172,9 +187,10 @@ async def test_snapshot_facts_hide_log_facts_and_keep_their_numbers(make_backend
 
 @pytest.mark.parametrize("kind", DURABLE)
 @pytest_twisted.ensureDeferred
-async def test_restart_keeps_everything(tmp_path: Path, kind: str) -> None:
+async def test_restart_keeps_everything(request, tmp_path: Path, kind: str) -> None:
     path = tmp_path / "data"
-    backend = build(kind, path)
+    words = option_words(request, kind)
+    backend = build(kind, path, words=words)
     await backend.open()
     for i in range(1, 4):
         await backend.append(*record(f"f{i}", float(i)))
@@ -184,7 +200,7 @@ async def test_restart_keeps_everything(tmp_path: Path, kind: str) -> None:
     before_page = await page(backend, 0)
     await backend.close()
 
-    again = build(kind, path)
+    again = build(kind, path, words=words)
     await again.open()
     try:
         assert replayed(again) == before

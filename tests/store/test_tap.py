@@ -45,7 +45,10 @@ def test_help_explains_every_option(tmp_path: Path) -> None:
     [
         (["--fsync", "sometimes"], "--fsync must be always, never or interval:MS"),
         (["--fsync", "interval:0"], "MS > 0"),
-        (["--backend", "disk"], "--backend disk: not installed; choose one of: file, memory"),
+        (
+            ["--backend", "disk"],
+            "--backend disk: not installed; choose one of: file, jetstream, memory",
+        ),
         (["--backend", "memory", "--backend-option", "x=1"], "memory takes no options"),
         (["--max-frame-size", "ten"], "whole number"),
         (["--max-frame-size", "100"], "at least 1024"),

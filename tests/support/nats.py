@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
+import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
+from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 
@@ -183,6 +186,178 @@ class NatsListener:
 @pytest.fixture
 def nats_server(tmp_path: Path):
     server = NatsServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+#: How long a cluster node may take to become healthy (JetStream current) on a busy machine.
+CLUSTER_READY_TIMEOUT = 30.0
+
+
+class NatsClusterNode(NatsServer):
+    """One member of a ``NatsCluster``: a ``NatsServer`` run from its own config file, with
+    its own JetStream store directory, so a SIGKILL (``stop``) and ``start`` is a crash and
+    recovery from disk on the same ports.
+
+    ``start`` returns once the node's ``/healthz`` says ok and the JetStream metadata leader
+    sees every node of the cluster current: a node that only printed "Server is ready" may
+    still drop JetStream API requests, and a leader that has not seen all peers cannot place
+    a stream with a replica on each. So start a node while the others run (``NatsCluster``
+    starts them all together)."""
+
+    def __init__(self, cluster: NatsCluster, cwd: Path, config: Path, name: str) -> None:
+        super().__init__(cwd, "-c", str(config))
+        self.cluster = cluster
+        self.name = name
+        self.config = config
+        self.cluster_port = free_port()
+        self.monitor_port = free_port()
+        self.store_dir = cwd / "jetstream"
+
+    def monitor(self, path: str) -> Any:
+        """A monitoring endpoint's JSON (``/varz``, ``/jsz``, ...)."""
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.monitor_port}{path}", timeout=2
+        ) as reply:
+            return json.loads(reply.read())
+
+    def healthy(self) -> bool:
+        """Up, and JetStream current with a metadata leader that sees every peer current
+        (until then, a stream with one replica per node cannot be placed)."""
+        try:
+            if self.monitor("/healthz").get("status") != "ok":
+                return False
+            meta = self.monitor("/jsz").get("meta_cluster") or {}
+        except (OSError, ValueError):
+            return False
+        leader = self.cluster.node_named(meta.get("leader", ""))
+        if leader is None:
+            return False
+        try:
+            meta = leader.monitor("/jsz").get("meta_cluster") or {}
+        except (OSError, ValueError):
+            return False
+        peers = meta.get("replicas") or []
+        return (
+            meta.get("leader") == leader.name
+            and len(peers) == len(self.cluster.nodes) - 1
+            and all(p.get("current") and not p.get("offline") for p in peers)
+        )
+
+    def wait_healthy(self, timeout: float = CLUSTER_READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.proc.proc is not None and self.proc.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited; output:\n{self.proc.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.name} not healthy within {timeout}s; output:\n{self.proc.tail()}"
+                )
+            time.sleep(0.05)
+
+    def start(self) -> NatsClusterNode:
+        self._spawn().wait_for(r"Server is ready", timeout=CLUSTER_READY_TIMEOUT)
+        self.wait_healthy()
+        return self
+
+    def started(self) -> Deferred:
+        """``start`` without blocking the reactor."""
+        return threads.deferToThread(self.start)
+
+
+class NatsCluster:
+    """A three-node ``nats-server`` cluster with JetStream on loopback.
+
+    Every node routes to the others and syncs each JetStream write to disk before it
+    acknowledges (``sync_interval: always``), so tests see the strongest promise JetStream
+    makes. ``start()`` blocks until every node is healthy; ``urls`` lists the client URLs
+    (``url`` joins them with commas, as ``--nats`` takes them); ``nodes[i].stop()`` SIGKILLs
+    one node and ``nodes[i].start()`` restarts it on the same ports and store directory.
+    """
+
+    def __init__(self, root: Path, size: int = 3, name: str = "txloom") -> None:
+        self.root = root / "nats-cluster"
+        self.name = name
+        self.nodes: list[NatsClusterNode] = []
+        for i in range(size):
+            node_dir = self.root / f"n{i + 1}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            node = NatsClusterNode(self, node_dir, node_dir / "nats.conf", f"n{i + 1}")
+            self.nodes.append(node)
+        for node in self.nodes:
+            node.config.write_text(self._config(node))
+
+    def _config(self, node: NatsClusterNode) -> str:
+        routes = ", ".join(
+            f'"nats-route://127.0.0.1:{other.cluster_port}"'
+            for other in self.nodes
+            if other is not node
+        )
+        return (
+            f"server_name: {node.name}\n"
+            f"http: 127.0.0.1:{node.monitor_port}\n"
+            f'jetstream {{ store_dir: "{node.store_dir}", sync_interval: always }}\n'
+            f"cluster {{\n"
+            f"  name: {self.name}\n"
+            f"  listen: 127.0.0.1:{node.cluster_port}\n"
+            f"  routes: [{routes}]\n"
+            f"}}\n"
+        )
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def node_named(self, name: str) -> NatsClusterNode | None:
+        return next((node for node in self.nodes if node.name == name), None)
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    def start(self) -> NatsCluster:
+        """Start every node at once (a lone node cannot elect a leader); block until each
+        is healthy."""
+        for node in self.nodes:
+            node._spawn()
+        for node in self.nodes:
+            node.proc.wait_for(r"Server is ready", timeout=CLUSTER_READY_TIMEOUT)
+        for node in self.nodes:
+            node.wait_healthy()
+        return self
+
+    def stop(self) -> None:
+        """SIGKILL every node that still runs."""
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path):
+    cluster = NatsCluster(tmp_path).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class JetStreamServer(NatsServer):
+    """One ``nats-server`` with JetStream, syncing every write (``sync_interval: always``)."""
+
+    def __init__(self, cwd: Path) -> None:
+        config = cwd / "jetstream.conf"
+        config.write_text(
+            f'jetstream {{ store_dir: "{cwd / "jetstream"}", sync_interval: always }}\n'
+        )
+        super().__init__(cwd, "-c", str(config))
+
+
+@pytest.fixture(scope="session")
+def jetstream_server(tmp_path_factory: pytest.TempPathFactory):
+    """One JetStream server for a whole run; tests keep apart by stream prefix."""
+    server = JetStreamServer(tmp_path_factory.mktemp("jetstream")).start()
     try:
         yield server
     finally:

@@ -1,7 +1,8 @@
-"""Worker hosts as a cluster, with real ``twistd workerhost`` processes and a real
-nats-server with JetStream: an app that only host B runs is served through host A's
-Locator and A's HTTP front end; B killed, A says "not found" within the TTL; B back,
-served again. The hosts run the commands of docs/cluster.md, and its examples call them."""
+"""Worker hosts as a cluster, with real ``twistd workerhost`` processes on a real
+three-node nats-server cluster with JetStream: an app that only host B runs is served
+through host A's Locator and A's HTTP front end; B killed, A says "not found" within the
+TTL; B back, served again. The hosts run the commands of docs/cluster.md, and its
+examples call them."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest_twisted
 from twisted.internet import threads, utils
 from twisted.python import usage
 
-from support.nats import NatsServer
+from support.nats import NatsCluster, NatsServer, nats_cluster  # noqa: F401
 from support.processes import ChildProcess, twistd
 from support.waiting import until
 from support.workerhost import short_tmpdir, start_host
@@ -92,7 +93,7 @@ def test_cluster_options_are_checked_and_read_from_the_config_file(tmp_path: Pat
     config.write_text(doc_blocks("toml")[0].replace('"apps-a"', json.dumps(str(APPS_DIR))))
     options = Options()
     options.parseOptions(["--config", str(config)])
-    assert options["cluster"] == ("nats://127.0.0.1:4222",)
+    assert len(options["cluster"]) == 3 and options["cluster-replicas"] == 3
     assert (options["cluster-ttl"], options["cluster-id"]) == (10.0, "host-a")
     options = _options("--cluster", "nats://h1:4222,nats://h2:4222", "--cluster-ttl", "3")
     assert options["cluster"] == ("nats://h1:4222", "nats://h2:4222")
@@ -145,12 +146,12 @@ async def _echo(locator: int) -> bytes | None:
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_an_app_on_host_b_is_served_through_host_a_until_b_dies(
-    jetstream: NatsServer,
+    nats_cluster: NatsCluster,  # noqa: F811
 ) -> None:
     with short_tmpdir() as root:
         (root / "none").mkdir()
-        a = _host(root, "a", root / "none", jetstream.url)
-        b = _host(root, "b", APPS_DIR, jetstream.url)
+        a = _host(root, "a", root / "none", nats_cluster.url)
+        b = _host(root, "b", APPS_DIR, nats_cluster.url)
         try:
             a_locator, a_http = await _addresses(a)
             await _addresses(b)
@@ -174,7 +175,7 @@ async def test_an_app_on_host_b_is_served_through_host_a_until_b_dies(
             assert await _echo(a_locator) is None
             assert time.monotonic() - killed < TTL + 3.0  # TTL, expiry check, busy machine
 
-            b = _host(root, "b", APPS_DIR, jetstream.url)
+            b = _host(root, "b", APPS_DIR, nats_cluster.url)
             await _addresses(b)
             await until(lambda: _get(a_http, "/hello/")[0] == 200, 30, "B served again", 0.1)
             assert await _echo(a_locator) == b"across hosts"

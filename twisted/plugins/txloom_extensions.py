@@ -6,10 +6,15 @@ stays cheap. Sections follow ``txloom.interfaces``.
 """
 
 # Store server: IStorageBackendFactory
-from txloom.store.factories import FileBackendFactory, MemoryBackendFactory
+from txloom.store.factories import (
+    FileBackendFactory,
+    JetStreamBackendFactory,
+    MemoryBackendFactory,
+)
 
 file_backend = FileBackendFactory()
 memory_backend = MemoryBackendFactory()
+jetstream_backend = JetStreamBackendFactory()
 
 # Worker host: IWorkerLauncherFactory
 from txloom.worker.launchers import ProcessLauncherFactory  # noqa: E402

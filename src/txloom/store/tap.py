@@ -109,6 +109,20 @@ class Options(PluginOptions):
             + ". Packages add more as Twisted plugins (docs/extending.md).",
         ],
         [
+            "nats",
+            None,
+            None,
+            "With --backend jetstream: NATS URLs, comma-separated (the same as "
+            "--backend-option nats=URLS). Without it, nothing connects to NATS.",
+        ],
+        [
+            "replicas",
+            None,
+            None,
+            "With --backend jetstream: replicas of the streams it creates (the same as "
+            "--backend-option replicas=N).",
+        ],
+        [
             "fsync",
             None,
             "always",
@@ -278,9 +292,13 @@ class Options(PluginOptions):
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError(f"--listen {description!r}: {e}") from None
         backend = extensions.choose(IStorageBackendFactory, self["backend"], "--backend")
-        backend_options = extensions.parse_options(
-            backend, self["backend-option"], "--backend-option"
-        )
+        words = list(self["backend-option"])
+        for shorthand in ("nats", "replicas"):
+            if self[shorthand] is not None:
+                if self["backend"] != "jetstream":
+                    raise usage.UsageError(f"--{shorthand} goes with --backend jetstream")
+                words.insert(0, f"{shorthand}={self[shorthand]}")
+        backend_options = extensions.parse_options(backend, words, "--backend-option")
         try:
             fsync = FsyncPolicy.parse(self["fsync"])
         except ValueError as e:
