@@ -12,8 +12,10 @@ this design stands on. This process is the client. Loads:
 * heavy: 10 sources x 500 frames x 1 MiB: MB/s (plain TCP: 10 connections, same bytes);
 * flood: 1,000 sources x 5,000 frames x 64 B: frames/s (plain TCP: 1,000 connections).
 
-Server CPU per frame is the child's user+system time over the load divided by frames.
-Every process shares the machine, so the numbers include the other side's cost.
+CPU per frame (or request) is each process's user+system time over the load divided by
+frames, for the server (the child) and the client (this process), and for the plain TCP
+pair beside it: on a shared machine, wall-clock rates move with the neighbours' load, CPU
+per frame much less.
 """
 
 from __future__ import annotations
@@ -111,6 +113,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def percentile(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))]
@@ -134,6 +141,7 @@ async def bench(args: argparse.Namespace, child: subprocess.Popen, ports: tuple[
 
     # connect
     latencies: list[float] = []
+    loads = set(args.only or ("connect", "heavy", "flood"))
     requests = 2000 // scale * 2
 
     async def one() -> None:
@@ -146,21 +154,36 @@ async def bench(args: argparse.Namespace, child: subprocess.Popen, ports: tuple[
         for _ in range(n):
             await one()
 
-    cpu0, t0 = cpu_seconds(child.pid), time.perf_counter()
-    await DeferredList([Deferred.fromCoroutine(worker(requests // 16)) for _ in range(16)])
-    elapsed, cpu = time.perf_counter() - t0, cpu_seconds(child.pid) - cpu0
-    rows.append(
-        (
-            "connect (1 source, 1 empty frame)",
-            f"{len(latencies) / elapsed:,.0f} req/s",
-            f"p50 {percentile(latencies, 0.5) * 1e3:.1f} ms, "
-            f"p99 {percentile(latencies, 0.99) * 1e3:.1f} ms",
-            f"{cpu / len(latencies) * 1e6:.0f} us/request",
-        )
-    )
+    def meter() -> Any:
+        """Wall time and both processes' CPU since the call: ``stop()`` -> the three."""
+        t0, server0, client0 = time.perf_counter(), cpu_seconds(child.pid), own_cpu_seconds()
 
-    async def streams(sources: int, count: int, size: int) -> tuple[float, float]:
-        cpu0, t0 = cpu_seconds(child.pid), time.perf_counter()
+        def stop() -> tuple[float, float, float]:
+            return (
+                time.perf_counter() - t0,
+                cpu_seconds(child.pid) - server0,
+                own_cpu_seconds() - client0,
+            )
+
+        return stop
+
+    if "connect" in loads:
+        stop = meter()
+        await DeferredList([Deferred.fromCoroutine(worker(requests // 16)) for _ in range(16)])
+        elapsed, server_cpu, client_cpu = stop()
+        n = len(latencies)
+        rows.append(
+            (
+                "connect (1 source, 1 empty frame)",
+                f"{n / elapsed:,.0f} req/s",
+                f"p50 {percentile(latencies, 0.5) * 1e3:.1f} ms, "
+                f"p99 {percentile(latencies, 0.99) * 1e3:.1f} ms",
+                f"{server_cpu / n * 1e6:.0f} / {client_cpu / n * 1e6:.0f} us/request",
+            )
+        )
+
+    async def streams(sources: int, count: int, size: int) -> tuple[float, float, float]:
+        stop = meter()
         request = client.post("load", b"%d,%d,%d" % (sources, count, size))
         received = 0
 
@@ -176,7 +199,7 @@ async def bench(args: argparse.Namespace, child: subprocess.Popen, ports: tuple[
         for result in await DeferredList(waits, fireOnOneErrback=True):
             received += result[1]
         assert received == sources * count, (received, sources * count)
-        return time.perf_counter() - t0, cpu_seconds(child.pid) - cpu0
+        return stop()
 
     class PlainReceiver(Protocol):
         def __init__(self) -> None:
@@ -189,8 +212,8 @@ async def bench(args: argparse.Namespace, child: subprocess.Popen, ports: tuple[
         def connectionLost(self, reason: Any = None) -> None:
             self.done.callback(self.bytes)
 
-    async def plain(sources: int, count: int, size: int) -> float:
-        t0 = time.perf_counter()
+    async def plain(sources: int, count: int, size: int) -> tuple[float, float, float]:
+        stop = meter()
         receivers = []
         for _ in range(sources):
             endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", plain_port)
@@ -199,43 +222,53 @@ async def bench(args: argparse.Namespace, child: subprocess.Popen, ports: tuple[
             receivers.append(receiver.done)
         total = sum(r for _, r in await DeferredList(receivers))
         assert total == sources * count * (size + 8)
-        return time.perf_counter() - t0
+        return stop()
+
+    def cpu_text(server_cpu: float, client_cpu: float, frames: int, digits: int) -> str:
+        return f"{server_cpu / frames * 1e6:.{digits}f} / {client_cpu / frames * 1e6:.{digits}f}"
 
     heavy = (10, 500 // scale, MIB)
-    elapsed, cpu = await streams(*heavy)
-    plain_elapsed = await plain(*heavy)
-    mb = heavy[0] * heavy[1] * heavy[2] / 1e6
-    frames = heavy[0] * heavy[1]
-    rows.append(
-        (
-            f"heavy (10 x {heavy[1]} x 1 MiB)",
-            f"{mb / elapsed:,.0f} MB/s",
-            f"plain TCP {mb / plain_elapsed:,.0f} MB/s: ratio {plain_elapsed / elapsed:.2f}",
-            f"{cpu / frames * 1e6:.0f} us/frame",
+    if "heavy" in loads:
+        elapsed, server_cpu, client_cpu = await streams(*heavy)
+        plain_elapsed, plain_server, plain_client = await plain(*heavy)
+        mb = heavy[0] * heavy[1] * heavy[2] / 1e6
+        frames = heavy[0] * heavy[1]
+        rows.append(
+            (
+                f"heavy (10 x {heavy[1]} x 1 MiB)",
+                f"{mb / elapsed:,.0f} MB/s",
+                f"plain TCP {mb / plain_elapsed:,.0f} MB/s: ratio {plain_elapsed / elapsed:.2f} "
+                f"(plain CPU {cpu_text(plain_server, plain_client, frames, 0)})",
+                f"{cpu_text(server_cpu, client_cpu, frames, 0)} us/frame",
+            )
         )
-    )
     flood = (1000, 5000 // scale, 64)
-    elapsed, cpu = await streams(*flood)
-    plain_elapsed = await plain(*flood)
-    frames = flood[0] * flood[1]
-    rows.append(
-        (
-            f"flood (1000 x {flood[1]} x 64 B)",
-            f"{frames / elapsed:,.0f} frames/s",
-            f"plain TCP {frames / plain_elapsed:,.0f} frames/s: "
-            f"ratio {plain_elapsed / elapsed:.2f}",
-            f"{cpu / frames * 1e6:.2f} us/frame",
+    if "flood" in loads:
+        elapsed, server_cpu, client_cpu = await streams(*flood)
+        plain_elapsed, plain_server, plain_client = await plain(*flood)
+        frames = flood[0] * flood[1]
+        rows.append(
+            (
+                f"flood (1000 x {flood[1]} x 64 B)",
+                f"{frames / elapsed:,.0f} frames/s",
+                f"plain TCP {frames / plain_elapsed:,.0f} frames/s: "
+                f"ratio {plain_elapsed / elapsed:.2f} "
+                f"(plain CPU {cpu_text(plain_server, plain_client, frames, 2)})",
+                f"{cpu_text(server_cpu, client_cpu, frames, 2)} us/frame",
+            )
         )
-    )
     print()
-    print(f"{'load':34} {'result':>18}  {'compared':52} server CPU")
-    for name, result, compared, cpu_text in rows:
-        print(f"{name:34} {result:>18}  {compared:52} {cpu_text}")
+    print(f"{'load':34} {'result':>18}  {'compared':72} CPU server / client")
+    for name, result, compared, cpu in rows:
+        print(f"{name:34} {result:>18}  {compared:72} {cpu}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the frames")
+    parser.add_argument(
+        "--only", action="append", choices=("connect", "heavy", "flood"), help="run this load"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import dataclass
 
 import pytest
@@ -221,3 +223,22 @@ def test_deadlines_share_one_timer_and_keep_their_order() -> None:
     clock.advance(3)
     assert isinstance(result_of(slow), DeadlineExceeded)
     assert not clock.getDelayedCalls()
+
+
+def test_a_fan_out_has_one_deadline_and_answered_calls_are_not_kept() -> None:
+    clock = Clock()
+    clients = Clients(clock=clock)
+    peers = [joined(clients, f"a{i}") for i in range(50)]
+    d = clients.call_all(Ping(1), timeout=1)
+    assert len(clients._deadlines) == 1  # one for the whole fan-out, not one per agent
+    single = clients.call("a0", Ping(2), timeout=1)
+    for peer in peers:
+        clients.received(peer, Response(7, b"\xa1an\x01"))
+    clients.received(peers[0], Response(8, b"\xa1an\x02"))
+    assert all(v == Pong(1) for v in result_of(d).values())
+    answered = weakref.ref(single)
+    del d, single
+    gc.collect()
+    assert answered() is None  # its deadline, still pending, does not hold the call
+    clock.advance(1)
+    assert not [m for p in peers for m in p.sent if isinstance(m, Cancel)]

@@ -40,7 +40,8 @@ async def test_agent_survives_a_controller_restart_with_its_computed_response(mo
     await agent.start()
     second = Clients()
     try:
-        await until(lambda: "a1" in first)
+        # The controller counts the agent in before the agent has read its session token.
+        await until(lambda: "a1" in first and agent.session_token is not None)
         old_token = agent.session_token
         call = first.call("a1", Echo("late"), timeout=30)
         await until(lambda: gates, what="the handler to start")
@@ -55,10 +56,9 @@ async def test_agent_survives_a_controller_restart_with_its_computed_response(mo
         second.received = lambda peer, r: (delivered.append(r), received(peer, r))  # type: ignore[method-assign]
         server = HttpServerTransport(second, mode, listen, interval=0.3, hold=2.0)
         await server.start()
-        await until(lambda: "a1" in second, what="the agent to say hello again")
-        # the controller knows the agent before the agent has read the hello's answer
         await until(
-            lambda: agent.session_token not in (None, old_token), what="the new session token"
+            lambda: "a1" in second and agent.session_token not in (None, old_token),
+            what="the agent to say hello again and read its new session token",
         )
         await until(lambda: delivered, what="the computed response to arrive")
         assert delivered[0] == Response(request_id, encode_value(Echo("late")))

@@ -13,7 +13,7 @@ from support.streams import SERVICE, client_for, serving
 from support.waiting import until
 from txloom.streams import RequestRefused, Source, StreamServer
 from txloom.wire.errors import RemoteProtocolError
-from txloom.wire.streams import LZ4_MARKER
+from txloom.wire.streams import LARGE_FRAME, LZ4_MARKER
 
 LARGE = 180 * 1024
 
@@ -45,6 +45,28 @@ async def test_ten_sources_small_and_large_frames(compression: bool) -> None:
     assert [h for h, _ in answer] == [b"h%d" % i for i in range(10)]
     for header, frames in answer:
         assert frames == sent[header]  # byte for byte
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_frames_from_plain_and_slow_async_sources() -> None:
+    """Frames over ``LARGE_FRAME`` go out in their own write and are read whole where they
+    can be: content byte for byte, mixed with small ones, from iterables and from an async
+    generator whose frames come a reactor turn later."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    frames = [os.urandom(LARGE_FRAME + 1), b"s", os.urandom(1024 * 1024), b"", os.urandom(300_000)]
+
+    async def later():
+        for frame in frames:
+            yield await deferLater(reactor, 0, lambda f=frame: f)
+
+    def sources(body, tags):
+        return [Source(b"plain", list(frames)), Source(b"async", later())]
+
+    async with serving(sources) as server:
+        answer = await client_for(server).post(SERVICE, b"").collect()
+    assert answer == [(b"plain", frames), (b"async", frames)]
 
 
 @pytest_twisted.ensureDeferred

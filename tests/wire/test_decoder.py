@@ -82,3 +82,22 @@ def test_buffer_compacts_without_losing_bytes() -> None:
     assert taken == chunk[:100_000]
     buffer.append(b"tail")
     assert buffer.peek() == chunk[100_000:] + b"tail"
+
+
+@given(st.lists(st.binary(max_size=40), max_size=12), st.lists(st.integers(0, 600), max_size=6))
+def test_take_frames_takes_whole_frames_and_leaves_the_rest(payloads, cuts) -> None:
+    stream = b"".join(BYTE.pack(len(p)) + p for p in payloads)
+    buffer, out = ReceiveBuffer(), []
+    for piece in split(stream, cuts):
+        buffer.append(piece)
+        out.extend(buffer.take_frames(BYTE, 40))
+    assert out == payloads
+    assert not buffer
+
+
+def test_take_frames_stops_at_a_length_over_the_limit() -> None:
+    buffer = ReceiveBuffer()
+    buffer.append(b"\x01a\x02bc\x09rest")
+    assert buffer.take_frames(BYTE, 8) == [b"a", b"bc"]
+    assert buffer.peek() == b"\x09rest"  # left for the decoder's own error path
+    assert buffer.take_frames(BYTE, 8) == []

@@ -125,14 +125,15 @@ def test_go_base64_agrees_with_the_standard_encoding(data: bytes) -> None:
 
 @given(st.binary(max_size=60))
 def test_invalid_utf8_becomes_one_replacement_per_bad_byte(raw: bytes) -> None:
-    frame = (
-        b'{"meta":{"uuid":"a","msg_type":"' + raw.replace(b'"', b"").replace(b"\\", b"") + b'"}}'
-    )
+    text = raw.replace(b'"', b"").replace(b"\\", b"")  # no quote or escape to end the string
+    frame = b'{"meta":{"uuid":"a","msg_type":"' + text + b'"}}'
     try:
         f = grav.decode_message(frame)
     except NotAMessage:
         return  # a control character: Go refuses those too
-    assert f.msg_type.count("\ufffd") >= raw.decode("utf-8", "replace").count("\ufffd")
+    # compared with the bytes sent: dropping a backslash can join two bad bytes into a
+    # valid character (b"\xc2\\\x80" sends b"\xc2\x80", U+0080)
+    assert f.msg_type.count("\ufffd") >= text.decode("utf-8", "replace").count("\ufffd")
 
 
 @given(

@@ -236,3 +236,39 @@ def test_large_frame_cut_is_truncated() -> None:
     decoder.receive_eof()
     with pytest.raises(TruncatedFrame):
         decoder.next_event()
+
+
+@settings(max_examples=15)
+@given(st.lists(st.integers(min_value=4000, max_value=400_000), min_size=1, max_size=6))
+def test_reads_sized_by_the_read_hint(available) -> None:
+    """A reader following ``read_hint`` (the kernel having ``available`` bytes at each read)
+    gets every frame, and a large payload read whole is kept as that very object."""
+    stream = control(Accepted()) + b"".join(encode_frame(p) for p in LARGE)
+    decoder, events, pos, n = ChannelDecoder(False), [], 0, 0
+    while pos < len(stream):
+        want = min(decoder.read_hint or 256 * 1024, available[n % len(available)])
+        n += 1
+        decoder.receive_data(stream[pos : pos + want])
+        pos += want
+        events.extend(decoder)
+    decoder.receive_eof()
+    events.extend(decoder)
+    assert events == [Accepted(), *(Frame(p) for p in LARGE), ConnectionClosed()]
+
+
+def test_a_large_payload_read_whole_is_not_copied() -> None:
+    payload = b"z" * (LARGE_FRAME * 2)
+    decoder = ChannelDecoder(False)
+    decoder.receive_data(control(Accepted()) + encode_frame(b"x" * LARGE_FRAME))
+    assert list(decoder) == [Accepted(), Frame(b"x" * LARGE_FRAME)]
+    assert decoder.read_hint == 8  # after a large frame: the next prefix alone
+    decoder.receive_data(encode_frame(payload)[:8])
+    assert decoder.next_frames() == []
+    assert decoder.read_hint == len(payload)  # then exactly the payload
+    whole = bytes(bytearray(payload))
+    decoder.receive_data(whole)
+    (frame,) = decoder.next_frames()
+    assert frame is whole
+    decoder.receive_data(encode_frame(b"small"))
+    assert decoder.next_frames() == [b"small"]
+    assert decoder.read_hint is None

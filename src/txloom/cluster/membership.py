@@ -44,6 +44,7 @@ __all__ = [
     "MemberEvent",
     "Membership",
     "MembershipError",
+    "valid_bucket",
     "valid_key",
 ]
 
@@ -59,7 +60,13 @@ API_TIMEOUT = 5.0
 MAX_VALUE_SIZE = 256 * 1024
 
 _KEY = re.compile(r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$")
+_BUCKET = re.compile(r"^[a-zA-Z0-9_-]+$")
 _REMOVED = ("DEL", "PURGE")
+
+
+def valid_bucket(name: str) -> bool:
+    """A bucket name JetStream accepts (letters, digits, ``-`` and ``_``)."""
+    return bool(_BUCKET.match(name))
 
 
 def valid_key(key: str) -> bool:
@@ -112,7 +119,7 @@ class Membership:
         replicas: int = 1,
         reactor: Any = None,
     ) -> None:
-        if not re.match(r"^[a-zA-Z0-9_-]+$", bucket):
+        if not valid_bucket(bucket):
             raise ValueError(f"bad bucket name {bucket!r}: letters, digits, '-' and '_'")
         if not ttl >= MIN_TTL:
             raise ValueError(f"the membership TTL must be at least {MIN_TTL:g} s, not {ttl!r}")

@@ -250,8 +250,14 @@ class Clients:
         return type_name, payload, codec_for(self._response_type(request, type_name, response_type))
 
     def _call(
-        self, name: str, prepared: tuple[str, bytes, Codec], timeout: float | None
+        self,
+        name: str,
+        prepared: tuple[str, bytes, Codec],
+        timeout: float | None,
+        fan_out: list[tuple[_Agent, int]] | None = None,
     ) -> Deferred[Any]:
+        """Send one call. Its deadline goes on the heap, or, for a ``call_all``, into
+        ``fan_out``: the caller then sets one deadline for the whole fan-out."""
         type_name, payload, codec = prepared
         agent = self._agents.get(name)
         if agent is None:
@@ -271,7 +277,13 @@ class Clients:
         agent.calls[call_id] = call
         if timeout > 0:
             call.timeout = timeout
-            self._deadlines.after(timeout, self._expire, agent, call)
+            # The deadline names the call by id, not by object: deadlines are never taken
+            # off the heap, and a finished call (its Deferred, its result) should not be
+            # kept alive for the rest of its timeout.
+            if fan_out is None:
+                self._deadlines.after(timeout, self._expire, agent, call_id)
+            else:
+                fan_out.append((agent, call_id))
         timeout_ms = max(0, round(timeout * 1000))
         agent.peer.send_request(Request(call_id, type_name, timeout_ms, payload))
         return call.deferred
@@ -284,13 +296,17 @@ class Clients:
             return known
         return getattr(type(request), "__rpc_response__", None)
 
-    def _expire(self, agent: _Agent, call: _Call) -> None:
-        if agent.calls.get(call.id) is not call:
+    def _expire(self, agent: _Agent, call_id: int) -> None:
+        call = agent.calls.pop(call_id, None)
+        if call is None:
             return  # answered, cancelled or failed already
-        del agent.calls[call.id]
         agent.peer.send_cancel(call.id)
         message = f"agent {agent.name} did not answer {call.type_name} within {call.timeout:g}s"
         call.deferred.errback(DeadlineExceeded(message))
+
+    def _expire_all(self, fan_out: list[tuple[_Agent, int]]) -> None:
+        for agent, call_id in fan_out:
+            self._expire(agent, call_id)
 
     def call_all(
         self,
@@ -309,7 +325,12 @@ class Clients:
             prepared = self._prepare(request, response_type)
         except TypeError as e:
             return fail(InvalidArgument(str(e)))
-        calls = [self._call(n, prepared, timeout) for n in targets]
+        fan_out: list[tuple[_Agent, int]] = []
+        calls = [self._call(n, prepared, timeout, fan_out) for n in targets]
+        if fan_out:
+            self._deadlines.after(
+                self.timeout if timeout is None else timeout, self._expire_all, fan_out
+            )
         done = DeferredList(calls, consumeErrors=True)
 
         def collect(results: list[tuple[bool, Any]]) -> dict[str, Any]:

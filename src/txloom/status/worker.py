@@ -80,6 +80,28 @@ def watch_worker(host: WorkerHost) -> Watch:
                     samples={(str(code),): n for code, n in sorted(front.site.responses.items())},
                 )
             )
+        cluster = host.cluster
+        if cluster is not None:
+            families += [
+                gauge(
+                    "txloom_worker_cluster_connected",
+                    "1 while NATS is reachable.",
+                    int(cluster.connection.connected),
+                ),
+                gauge(
+                    "txloom_worker_cluster_hosts", "Other hosts in the cluster.", len(cluster.hosts)
+                ),
+                counter(
+                    "txloom_worker_cluster_routed",
+                    "HTTP requests routed to other hosts.",
+                    cluster.routed,
+                ),
+                counter(
+                    "txloom_worker_cluster_route_failures",
+                    "Routed HTTP requests no host could take (answered 503).",
+                    cluster.route_failures,
+                ),
+            ]
         return families
 
     def listening() -> str | None:

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from txloom.wire import strictjson
+
 __all__ = [
     "FACT_FIELDS",
     "Fact",
@@ -114,13 +116,10 @@ def normalize_fact(obj: Any) -> dict[str, Any]:
     }
 
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
 def encode_fact(fact: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON of a normalized fact: the bytes stored, replayed and pushed."""
     try:
-        return _encoder.encode(fact).encode("utf-8")
+        return strictjson.dump(fact)
     except ValueError as e:  # a non-finite float somewhere inside value/producer/...
         raise InvalidFact(f"fact is not representable as JSON: {e}") from None
 

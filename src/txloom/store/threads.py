@@ -12,12 +12,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from queue import SimpleQueue
 from typing import Any
 
 from twisted.internet import defer
-from twisted.python.threadpool import ThreadPool
+from twisted.python.failure import Failure
 
-__all__ = ["WorkerThreads", "defer_to_pool", "let_others_run"]
+__all__ = ["WorkerThreads", "let_others_run"]
 
 
 def let_others_run() -> None:
@@ -32,54 +33,67 @@ def let_others_run() -> None:
     time.sleep(0)
 
 
-def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
-    return threading.Thread(*args, daemon=True, **kwargs)
-
-
-def defer_to_pool(
-    reactor: Any, pool: ThreadPool, fn: Callable[..., Any], *args: Any
-) -> defer.Deferred:
-    """``deferToThreadPool`` without the context copy: this runs once per group commit."""
-    d: defer.Deferred = defer.Deferred()
-
-    def done(success: bool, result: Any) -> None:
-        if success:
-            reactor.callFromThread(d.callback, result)
-        else:
-            reactor.callFromThread(d.errback, result)
-
-    pool.callInThreadWithCallback(done, fn, *args)
-    return d
+#: Tells a worker thread to end (one per thread, queued behind the jobs left).
+_STOP: Any = object()
 
 
 class WorkerThreads:
-    """``threads`` threads named ``name`` (0: run inline); ``run`` returns a Deferred."""
+    """``threads`` threads named ``name`` (0: run inline); ``run`` returns a Deferred.
+
+    Plain threads over one ``SimpleQueue`` rather than Twisted's ``ThreadPool``: the
+    writer hands every group commit over and back, and the pool's layers (a team, a
+    coordinator, a context copy per job) cost more on the reactor thread than the hand
+    over itself, which for a single writer is on the path of every write.
+    """
 
     def __init__(self, reactor: Any, name: str, threads: int) -> None:
         self.reactor = reactor
         self.name = name
         self.threads = threads
-        self._pool: ThreadPool | None = None
+        self._jobs: SimpleQueue[Any] | None = None
+        self._workers: list[threading.Thread] = []
 
     @property
     def inline(self) -> bool:
         return self.threads == 0
 
     def start(self) -> None:
-        if self.threads and self._pool is None:
-            self._pool = ThreadPool(self.threads, self.threads, name=self.name)
-            # Daemon threads: a process that ends without stop() must not hang on them
-            # (nothing is lost: a write is answered only after its job finished).
-            self._pool.threadFactory = _daemon_thread
-            self._pool.start()
+        if self.threads and self._jobs is None:
+            self._jobs = SimpleQueue()
+            for n in range(self.threads):
+                # Daemon threads: a process that ends without stop() must not hang on
+                # them (nothing is lost: a write is answered only after its job finished).
+                worker = threading.Thread(
+                    target=self._work, args=(self._jobs,), name=f"{self.name}-{n}", daemon=True
+                )
+                worker.start()
+                self._workers.append(worker)
 
     def stop(self) -> None:
         """Join the threads (callers stop only when no job is left)."""
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            pool.stop()
+        if self._jobs is not None:
+            jobs, self._jobs = self._jobs, None
+            for _ in self._workers:
+                jobs.put(_STOP)
+            for worker in self._workers:
+                worker.join()
+            self._workers = []
 
     def run(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred:
-        if self._pool is None:
+        if self._jobs is None:
             return defer.maybeDeferred(fn, *args)
-        return defer_to_pool(self.reactor, self._pool, fn, *args)
+        d: defer.Deferred = defer.Deferred()
+        self._jobs.put((d, fn, args))
+        return d
+
+    def _work(self, jobs: SimpleQueue[Any]) -> None:
+        call = self.reactor.callFromThread
+        while (job := jobs.get()) is not _STOP:
+            d, fn, args = job
+            try:
+                result = fn(*args)
+            except BaseException:
+                call(d.errback, Failure())
+            else:
+                call(d.callback, result)
+            del job, d  # no reference to the last job's result while waiting

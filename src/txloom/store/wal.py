@@ -8,7 +8,7 @@ something other than an append (a snapshot's new facts, a compaction), which kee
 positional rule exact.
 
 Everything here blocks; the backend runs it on its writer thread. Group commit and fsync
-policies live in ``txloom.store.commit``.
+policies live in ``txloom.store.backend``.
 """
 
 from __future__ import annotations

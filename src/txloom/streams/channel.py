@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from txloom.streams.errors import ConnectionLostEarly, RequestRefused, StreamTimeout
 from txloom.streams.timers import Deadline, no_delay
-from txloom.wire.decoder import ConnectionClosed
+from txloom.wire.decoder import NEED_DATA, ConnectionClosed
 from txloom.wire.errors import RemoteProtocolError
 from txloom.wire.streams import (
     Accepted,
@@ -151,13 +151,16 @@ class SourceStream:
         self.ready = True
         self.request.source_ready()
 
-    def frame(self, payload: bytes) -> None:
-        """One frame arrived; the reader is woken by ``wake`` once per read of the socket."""
+    def frames(self, payloads: list[bytes]) -> None:
+        """Frames arrived (one read's worth); the reader is woken by ``wake`` once per read.
+
+        The frame buffer is checked once per read: at most one read beyond it is held.
+        """
         if self._ended:
             return
-        self.frames_received += 1
+        self.frames_received += len(payloads)
         frames = self._frames
-        frames.append(payload)
+        frames.extend(payloads)
         if len(frames) >= self._limit and not self._paused:
             self._paused = True
             self._connection.transport.pauseProducing()  # type: ignore[union-attr]
@@ -209,29 +212,42 @@ class ChannelConnection(Protocol):
         self.token = token
         self.decoder = ChannelDecoder(source.compressed, max_frame_size)
         self.accepted = False
+        self._sized_reads = False
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
-        if hasattr(self.transport, "bufferSize"):
+        self._sized_reads = hasattr(self.transport, "bufferSize")
+        if self._sized_reads:
             # Read up to READ_SIZE per wake-up: a channel only reads, and large frames then
-            # cost a few reads each rather than one per 64 KiB.
+            # cost a few reads each rather than one per 64 KiB. Around large frames the
+            # decoder's read_hint sizes reads to the frame, so that a payload the kernel
+            # already holds whole arrives as one object, not pieces joined into a copy.
             self.transport.bufferSize = READ_SIZE
         self.source.connected(self)
         attach = Attach(self.source.channel, self.token)
         self.transport.write(encode_frame(encode_control(attach)))
 
     def dataReceived(self, data: bytes) -> None:
-        self.decoder.receive_data(data)
+        decoder = self.decoder
+        decoder.receive_data(data)
         source = self.source
         try:
-            for event in self.decoder:
+            while True:
+                payloads = decoder.next_frames()
+                if payloads:
+                    source.frames(payloads)
+                event = decoder.next_event()
+                if event is NEED_DATA:
+                    break
                 if type(event) is Frame:
-                    source.frame(event.payload)
+                    source.frames([event.payload])
                 else:
                     self._control(event)
         except RemoteProtocolError as e:
             source.fail(e)
         source.wake()
+        if self._sized_reads:
+            self.transport.bufferSize = decoder.read_hint or READ_SIZE
 
     def _control(self, event: object) -> None:
         if isinstance(event, Accepted):
@@ -249,7 +265,7 @@ class ChannelConnection(Protocol):
             return
         for event in events:
             if isinstance(event, Frame):
-                self.source.frame(event.payload)
+                self.source.frames([event.payload])
             elif not isinstance(event, ConnectionClosed):
                 self._control(event)
         clean = reason is None or reason.check(ConnectionDone) is not None

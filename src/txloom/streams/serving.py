@@ -4,9 +4,9 @@ served on a master, and the pump that streams one source onto its channel.
 ``ServerConnection`` only feeds bytes to ``ServerConnectionDecoder`` and hands the events to
 ``StreamServer``. ``RequestRun`` asks the source function for sources, one at a time and
 only while the client reads the master (it is the master's push producer), and announces
-each. ``SourcePump`` is a channel's push producer: it pulls the next frame only while the
-transport wants more, so a slow reader pauses that source alone and the server holds at
-most one frame plus the transport's buffer per source.
+each. ``SourcePump`` is a channel's pull producer: it pulls the next batch of frames only
+when the transport has taken the last one, so a slow reader pauses that source alone and
+the server holds at most one batch (or one frame) beyond the socket buffer per source.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +27,7 @@ from txloom.wire.errors import RemoteProtocolError
 from txloom.wire.framing import U64_LE
 from txloom.wire.streams import (
     ABORT_MARK,
+    LARGE_FRAME,
     Accepted,
     Announce,
     Attach,
@@ -45,6 +46,14 @@ if TYPE_CHECKING:
 
 #: Frames are handed to a channel's transport in batches of about this many bytes.
 WRITE_BATCH = 64 * 1024
+
+
+class _Pending:
+    __slots__ = ()
+
+
+#: No item in hand (nothing pulled yet, or a pulled Deferred has not fired).
+_PENDING = _Pending()
 #: Length of a channel token: 128 random bits, unguessable.
 CHANNEL_TOKEN_SIZE = 16
 
@@ -56,6 +65,8 @@ def _refusal(reason: str) -> bytes:
 
 #: The end of a master that served its request: an empty header frame, then ``End``.
 _END = encode_frame(b"") + encode_frame(encode_control(End()))
+#: The first frame of an attached channel (the same bytes every time).
+_ACCEPTED = encode_frame(encode_control(Accepted()))
 
 
 class ServerConnection(Protocol):
@@ -105,7 +116,7 @@ class ServerConnection(Protocol):
                 self.transport.write(encode_frame(encode_control(Refuse(pending))))
                 self.transport.loseConnection()
                 return
-            self.transport.write(encode_frame(encode_control(Accepted())))
+            self.transport.write(_ACCEPTED)
             pump = SourcePump(pending, self)
             self.role = pump
             pump.start()
@@ -341,9 +352,19 @@ class RequestRun:
                 self.server.count_success()
 
 
-@implementer(IPushProducer)
+@implementer(IPullProducer)
 class SourcePump:
-    """Streams one source's frames onto its channel, as fast as the channel takes them."""
+    """Streams one source's frames onto its channel, as fast as the channel takes them.
+
+    A pull producer: the transport calls ``resumeProducing`` each time it has handed
+    everything written so far to the kernel, and each call writes one batch, so the server
+    holds at most one batch per source beyond the socket buffer, and a stalled reader stops
+    the pulling from its source (and only from its source).
+
+    A large frame goes out in two turns, its length prefix first (with any small frames
+    before it) and then its payload alone: the transport then sends the payload object
+    itself, where a prefix and payload written together are first joined into one copy.
+    """
 
     log = Logger()
 
@@ -355,11 +376,17 @@ class SourcePump:
         source = pending.source
         self.compressed = self.run.server.compressed(source)
         self.max_frame_size = self.run.server.options.max_frame_size
+        #: True from a write until the transport asks for more (it has not taken it yet).
         self.paused = False
         self.done = False
         self.frames = 0
         self.bytes = 0
         self._waiting: Deferred[Any] | None = None
+        #: A large payload whose prefix is written, waiting for its own turn.
+        self._held: bytes | None = None
+        #: While a pulled Deferred's callbacks are being added: what it fired with at once.
+        self._settling = False
+        self._settled: Any = _PENDING
         self.write_deadline = Deadline(
             self.run.server.clock,
             self.run.server.options.frame_write_timeout,
@@ -370,91 +397,135 @@ class SourcePump:
     def buffered(self) -> int:
         """Bytes of this source held by the server: written, not yet taken by the kernel.
 
-        Read from Twisted's ``FileDescriptor`` buffer fields (0 for transports without them).
+        Read from Twisted's ``FileDescriptor`` buffer fields (0 for transports without them),
+        plus a large payload waiting for its turn.
         """
         t = self.transport
         held = len(getattr(t, "dataBuffer", b"")) - getattr(t, "offset", 0)
-        return held + getattr(t, "_tempDataLen", 0)
+        return held + getattr(t, "_tempDataLen", 0) + len(self._held or b"")
 
     def start(self) -> None:
+        """Register with the channel's transport, which asks for the first batch at once."""
         self.run.pumps.add(self)
-        self.transport.registerProducer(self, True)
-        self._pump()
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-        self.write_deadline.arm()
+        self.transport.registerProducer(self, False)
 
     def resumeProducing(self) -> None:
         self.paused = False
         self.write_deadline.cancel()
-        if self._waiting is None and not self.done:
-            self._pump()
+        if self.done or self._waiting is not None:
+            return
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._write([held], len(held), 0)
+            return
+        self._pump(_PENDING)
 
     def stopProducing(self) -> None:
         self._end("the client went away")
 
-    def _pump(self) -> None:
-        """Pull and send frames until paused, waiting, or ended.
+    def _pump(self, first: Any) -> None:
+        """Pull and write one batch; stop early to wait for a pulled Deferred or at the end.
 
-        Frames are handed to the transport in batches of up to ``WRITE_BATCH`` bytes: one
-        transport call per batch rather than per frame, and the transport still pauses us
-        as soon as its buffer is full (so at most one batch is held beyond it).
+        Frames are handed to the transport in batches of about ``WRITE_BATCH`` bytes: one
+        transport call per batch rather than per frame. Plain ``bytes`` frames of an
+        uncompressed source take the short way through the loop. ``first`` is an item
+        already pulled (one a Deferred fired with later), or ``_PENDING``.
         """
         batch: list[bytes] = []
-        size = 0
+        size = frames = 0
         pull = self.puller.pull
         pack = U64_LE.pack
+        plain = not self.compressed
+        limit = self.max_frame_size
+        item = first
         while not self.done:
-            try:
-                item = pull()
-            except Exception as e:
-                self._flush(batch)
-                self.log.failure("a source's frames failed", Failure())
-                self.abort(f"source failed: {e}")
-                return
-            if isinstance(item, Deferred):
-                self._flush(batch)
-                if not self.done:
-                    self._waiting = item
-                    item.addCallbacks(self._pulled, self._failed)
-                return
-            if item is END:
-                self._flush(batch)
+            if item is _PENDING:
+                if self.paused:  # the transport has not taken the last write yet
+                    break
+                try:
+                    item = pull()
+                except Exception as e:
+                    self._write(batch, size, frames)
+                    self.log.failure("a source's frames failed", Failure())
+                    self.abort(f"source failed: {e}")
+                    return
+                if type(item) is not bytes and isinstance(item, Deferred):
+                    item = self._settle(item)
+                    if item is _PENDING:
+                        break
+                    if isinstance(item, Failure):
+                        self._write(batch, size, frames)
+                        self._failed(item)
+                        return
+            if type(item) is bytes and plain and len(item) <= limit:
+                payload = item
+            elif item is END:
+                self._write(batch, size, frames)
                 self._end(None)
                 return
-            payload = self._payload(item)
-            if payload is None:
-                return
-            batch.append(pack(len(payload)))
-            batch.append(payload)
-            size += len(payload) + 8
-            if size >= WRITE_BATCH:
-                self._flush(batch)
-                batch, size = [], 0
-                if self.paused:
+            else:
+                payload = self._payload(item)
+                if payload is None:
                     return
+            item = _PENDING
+            length = len(payload)
+            batch.append(pack(length))
+            frames += 1
+            if length >= LARGE_FRAME:
+                self._held = payload
+                self._write(batch, size + 8, frames)
+                self.bytes += length
+                return
+            batch.append(payload)
+            size += length + 8
+            if size >= WRITE_BATCH:
+                break
+        self._write(batch, size, frames)
 
-    def _flush(self, batch: list[bytes]) -> None:
-        if batch and not self.done:
-            self.frames += len(batch) // 2
+    def _settle(self, pulled: Deferred[Any]) -> Any:
+        """What ``pulled`` fired with if it already has (a value or a Failure), else
+        ``_PENDING`` with ``_pulled``/``_failed`` waiting for it. Items a Deferred has at
+        once are taken in the loop, not by recursion through callbacks."""
+        self._settling, self._settled = True, _PENDING
+        pulled.addCallbacks(self._pulled, self._failed)
+        self._settling = False
+        settled, self._settled = self._settled, _PENDING
+        if settled is _PENDING:
+            self._waiting = pulled
+        return settled
+
+    def _write(self, batch: list[bytes], size: int, frames: int) -> None:
+        """Hand ``batch`` (prefixes and payloads, ``size`` bytes) to the transport.
+
+        Small frames are joined into one write: Twisted checks and counts every piece of a
+        ``writeSequence`` in Python, which costs more than copying a few small payloads.
+        """
+        if not batch or self.done:
+            return
+        self.frames += frames
+        self.bytes += size - 8 * frames
+        self.paused = True
+        self.write_deadline.arm()
+        if len(batch) == 1:
+            self.transport.write(batch[0])
+        elif size <= 2 * WRITE_BATCH:
+            self.transport.write(b"".join(batch))
+        else:
             self.transport.writeSequence(batch)
 
     def _pulled(self, item: Any) -> None:
+        if self._settling:
+            self._settled = item
+            return
         self._waiting = None
-        if self.done:
-            return
-        if item is END:
-            self._end(None)
-            return
-        payload = self._payload(item)
-        if payload is not None:
-            self.frames += 1
-            self.transport.writeSequence((U64_LE.pack(len(payload)), payload))
-            if not self.paused:
-                self._pump()
+        if not self.done:
+            self._pump(item)
 
     def _failed(self, failure: Failure) -> None:
+        if self._settling:
+            self._settled = failure
+            return
         self._waiting = None
         if self.done:
             return
@@ -473,7 +544,6 @@ class SourcePump:
         if len(payload) > self.max_frame_size:
             self.abort(f"frame of {len(payload)} bytes exceeds the limit of {self.max_frame_size}")
             return None
-        self.bytes += len(payload)
         return payload
 
     def abort(self, reason: str) -> None:
@@ -487,6 +557,7 @@ class SourcePump:
         if self.done:
             return
         self.done = True
+        self._held = None
         self.write_deadline.cancel()
         waiting, self._waiting = self._waiting, None
         if waiting is not None:

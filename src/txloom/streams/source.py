@@ -85,11 +85,9 @@ class Puller:
             self._sync = iter(items)
 
     def pull(self) -> Any:
-        if self._sync is not None:
-            try:
-                return next(self._sync)
-            except StopIteration:
-                return END
+        sync = self._sync
+        if sync is not None:
+            return next(sync, END)
         assert self._async is not None
         return Deferred.fromCoroutine(_next(self._async))
 

@@ -15,13 +15,13 @@ inside a frame).
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from txloom.wire import strictjson
 from txloom.wire.decoder import NEED_DATA, Decoder, ReceiveBuffer
 from txloom.wire.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 
@@ -90,8 +90,7 @@ def encode_frame(body: bytes, max_frame_size: int | None = None) -> bytes:
 def encode_body(obj: Mapping[str, Any]) -> bytes:
     """Serialise ``obj`` as compact UTF-8 JSON; NaN and infinities are refused."""
     try:
-        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return text.encode("utf-8")
+        return strictjson.dump(obj)
     except (TypeError, ValueError) as e:  # UnicodeEncodeError (lone surrogates) included
         raise LocalProtocolError(f"cannot encode as JSON: {e}") from e
 
@@ -101,18 +100,10 @@ def encode_object(obj: Mapping[str, Any], max_frame_size: int | None = None) -> 
     return encode_frame(encode_body(obj), max_frame_size)
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
-
-
 def decode_body(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Parse one frame body; raise ``BadJSON`` or ``NotAnObject`` if it is not an object."""
     try:
-        text = bytes(body).decode("utf-8")
-        value = _decoder.decode(text)
+        value = strictjson.parse(body if type(body) is bytes else bytes(body))
     except UnicodeDecodeError as e:
         raise BadJSON(f"body is not UTF-8: {e.reason} at byte {e.start}") from None
     except RecursionError:
@@ -200,6 +191,17 @@ class ObjectDecoder(FrameDecoder):
         return NEED_DATA if body is None else JSONObject(decode_body(body))
 
     def next_object(self) -> dict[str, Any] | None:
-        """The next object itself, or None until more bytes arrive (or at a clean end)."""
+        """The next object itself, or None until more bytes arrive (or at a clean end).
+
+        The store server reads every request through here: while the stream is open and
+        well formed it skips the event object (same errors, same stickiness).
+        """
+        if self._error is None and not self._eof:
+            try:
+                body = self._body(self._buffer)
+                return None if body is None else decode_body(body)
+            except RemoteProtocolError as e:
+                self._error = e
+                raise
         event = self.next_event()
         return event.value if isinstance(event, JSONObject) else None

@@ -109,6 +109,38 @@ class ReceiveBuffer:
         self._consume_to(end)
         return out
 
+    def take_frames(self, layout: struct.Struct, limit: int) -> list[bytes]:
+        """Consume every whole ``layout``-prefixed frame at the front; return their payloads.
+
+        One loop over one ``bytes`` copy of the unread data, one slice per frame: the cheap
+        way through a read holding hundreds of small frames. It stops, leaving the rest
+        unread, at a cut frame or at a length over ``limit`` (the decoder's own path then
+        waits or raises).
+        """
+        data = self._data
+        start = self._pos
+        size = layout.size
+        if len(data) - start < size:
+            return []
+        (length,) = layout.unpack_from(data, start)
+        if length > limit or len(data) - start < size + length:
+            return []
+        with memoryview(data) as view:
+            chunk = bytes(view[start:])
+        unpack = layout.unpack_from
+        payloads: list[bytes] = []
+        append = payloads.append
+        pos, end = 0, len(chunk)
+        while end - pos >= size:
+            (length,) = unpack(chunk, pos)
+            stop = pos + size + length
+            if length > limit or stop > end:
+                break
+            append(chunk[pos + size : stop])
+            pos = stop
+        self._consume_to(start + pos)
+        return payloads
+
     def skip(self, size: int) -> None:
         """Consume ``size`` bytes without copying them."""
         self._consume_to(self._pos + size)

@@ -45,6 +45,7 @@ __all__ = [
     "CONTROL_VERSION",
     "DEFAULT_FRAME_SIZE_LIMIT",
     "DEFAULT_MAX_SOURCES",
+    "LARGE_FRAME",
     "LZ4_MARKER",
     "MIN_COMPRESS_SIZE",
     "Accepted",
@@ -267,8 +268,11 @@ def decode_control(payload: bytes) -> Control:
 #: peer that does not know it still sees an error; a txloom client names it.
 ABORT_LENGTH = 2**64 - 1
 ABORT_MARK = U64_LE.pack(ABORT_LENGTH)
-#: Frames at least this large are gathered from a list of reads and joined once.
+#: Frames at least this large are handled whole: a receiver gathers one from its reads (or
+#: reads it in one piece, see ``ChannelDecoder.read_hint``), a sender writes it on its own.
 LARGE_FRAME = 256 * 1024
+#: Largest read ``ChannelDecoder.read_hint`` asks for (a bigger frame takes several).
+MAX_READ_HINT = 16 * 1024 * 1024
 #: Default most sources one request may announce (server and client).
 DEFAULT_MAX_SOURCES = 100_000
 
@@ -405,6 +409,8 @@ class ChannelDecoder(LengthPrefixDecoder):
         self._pieces_need = 0
         #: A large frame's payload, joined and not yet returned.
         self._ready: bytes | None = None
+        #: Whether the last payload returned was a large one (the next may well be too).
+        self._last_large = False
 
     @property
     def pending(self) -> int:
@@ -413,6 +419,20 @@ class ChannelDecoder(LengthPrefixDecoder):
     @property
     def in_frame(self) -> bool:
         return bool(self._buffer) or self._pieces is not None
+
+    @property
+    def read_hint(self) -> int | None:
+        """How many bytes the next read had best ask for, or None for the caller's usual.
+
+        Inside a large frame: exactly the rest of it, so no read runs past its end. Right
+        after a large frame: just the next length prefix, so that the payload after it
+        can be read as one object, and (being a whole read) kept without a copy.
+        """
+        if self._pieces is not None:
+            return min(self._pieces_need - self._pieces_size, MAX_READ_HINT)
+        if self._last_large and not self._buffer and self._ready is None:
+            return U64_LE.size
+        return None
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """As ``Decoder.receive_data``; a large frame's payload is gathered as a list of
@@ -445,28 +465,48 @@ class ChannelDecoder(LengthPrefixDecoder):
             return Frame(ready)
         return super().next_event()
 
-    def __iter__(self) -> Iterator[Any]:
-        """Every event available now; whole plain frames are taken in one tight loop."""
+    def next_frames(self) -> list[bytes]:
+        """The payloads of every whole frame available now, in order (maybe none).
+
+        The fast path of an accepted, uncompressed source: one loop and one slice per frame,
+        no event object. Anything else -- the first control frame, compressed payloads, the
+        abort mark, a length over the limit, the end of stream -- is left for
+        ``next_event``, so callers take ``next_frames()`` and then ``next_event()`` until it
+        returns ``NEED_DATA``. A large frame still being received is gathered as a list of
+        reads (see ``receive_data``).
+        """
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            payloads = [ready]
+        else:
+            payloads = []
+        if self._state != "frames" or self.compressed or self._error is not None:
+            return payloads
         buffer = self._buffer
+        payloads += buffer.take_frames(U64_LE, self.max_size)
+        if payloads:
+            self._last_large = len(payloads[-1]) >= LARGE_FRAME
+        head = buffer.unpack(U64_LE)
+        if (
+            head is not None
+            and LARGE_FRAME <= head[0] <= self.max_size
+            and len(buffer) < 8 + head[0]
+            and not self._eof
+        ):
+            buffer.skip(8)
+            first = buffer.peek()
+            self._pieces = [first] if first else []
+            self._pieces_size = len(first)
+            self._pieces_need = head[0]
+            buffer.clear()
+        return payloads
+
+    def __iter__(self) -> Iterator[Any]:
+        """Every event available now (whole plain frames taken through ``next_frames``)."""
         while True:
-            if self._ready is not None:
-                yield self.next_event()
-            if self._state == "frames" and not self.compressed and self._error is None:
-                limit = self.max_size
-                while True:
-                    head = buffer.unpack(U64_LE)
-                    if head is None or head[0] > limit:
-                        break
-                    if len(buffer) < 8 + head[0]:
-                        if head[0] >= LARGE_FRAME and not self._eof:
-                            buffer.skip(8)
-                            self._pieces = [buffer.peek()]
-                            self._pieces_size = len(self._pieces[0])
-                            self._pieces_need = head[0]
-                            buffer.clear()
-                            return
-                        break
-                    yield Frame(buffer.take(head[0], skip=8))
+            for payload in self.next_frames():
+                yield Frame(payload)
             event = self.next_event()
             if event is NEED_DATA:
                 return

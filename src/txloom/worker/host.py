@@ -15,7 +15,7 @@ import os
 import socket
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet.abstract import isIPv6Address
@@ -44,6 +44,9 @@ from txloom.worker.manifest import AppManifest, load_apps
 from txloom.worker.pool import WorkerPool
 from txloom.worker.process import ProcessLauncher
 from txloom.worker.reload import ReloadError, plan_reload
+
+if TYPE_CHECKING:
+    from txloom.worker.cluster import HostCluster
 
 DEFAULT_LOCATOR_ENDPOINT = f"tcp:{DEFAULT_LOCATOR_PORT}:interface=127.0.0.1"
 #: Interface the per-service listeners bind to and the Locator advertises.
@@ -105,6 +108,7 @@ class WorkerHost(MultiService):
         http_max_connections: int | None = None,
         http_head_timeout: float = DEFAULT_HTTP_HEAD_TIMEOUT,
         fd_reserve: int = DEFAULT_FD_RESERVE,
+        cluster: HostCluster | None = None,
     ) -> None:
         super().__init__()
         self.reactor = reactor if reactor is not None else default_reactor()
@@ -140,6 +144,9 @@ class WorkerHost(MultiService):
         self.rpc = rpc
         if rpc is not None:
             rpc.setServiceParent(self)
+        #: This host's part in a cluster of hosts (``txloom.worker.cluster``), if any:
+        #: joined once the host listens, left first when it stops.
+        self.cluster = cluster
 
     # -- start ----------------------------------------------------------------------------
 
@@ -213,6 +220,8 @@ class WorkerHost(MultiService):
             apps=str(self.apps_dir),
             names=", ".join(sorted(self.pools)) or "-",
         )
+        if self.cluster is not None:
+            self.cluster.start(self)
 
     def _serve(self, service: IService) -> Any:
         """Listen for ``service`` and publish it; the port is the caller's to close."""
@@ -338,6 +347,8 @@ class WorkerHost(MultiService):
 
     async def _stop(self) -> None:
         self.log.info("worker host stopping: terminating {n} app(s)", n=len(self.pools))
+        if self.cluster is not None:
+            await self.cluster.stop()  # the others stop sending us work first
         for name in list(self.pools):
             self.locator.unregister(name)
         pools = [*self.pools.values(), *self.draining.values()]

@@ -10,6 +10,9 @@ and the rest of the path is what the worker sees (``/echo/a/b?x=1`` -> app ``ech
 ``/a/b?x=1``, with ``X-Forwarded-Prefix: /echo``). The event defaults to the app's
 ``http-event`` (``http``).
 
+An app this host does not run goes, in a cluster (``--cluster``), to the HTTP front end
+of a host that runs it (``txloom.worker.http_route``); otherwise it is a 404.
+
 The reply streams back as the worker sends it, finished as soon as its Content-Length is
 reached (else on the worker's close). Failures before the response head has gone out map
 to HTTP: no such app 404, queue full, app broken or a client too slow 503, worker lost or
@@ -52,6 +55,7 @@ from txloom.wire.cocaine_http import (
 )
 from txloom.worker import errors
 from txloom.worker.http import HOP_BY_HOP
+from txloom.worker.http_route import ROUTED_HEADER
 
 if TYPE_CHECKING:
     from txloom.worker.host import WorkerHost
@@ -279,6 +283,7 @@ class FrontResource(Resource):
     """Every path: route to an app, start a session, stream the reply."""
 
     isLeaf = True
+    log = Logger()
 
     def __init__(self, host: WorkerHost) -> None:
         super().__init__()
@@ -310,7 +315,7 @@ class FrontResource(Resource):
             prefix = b"/" + app_bytes
         pool = self.host.pools.get(app)
         if pool is None:
-            _plain(request, 404, f"no such app: {app!r}")
+            self._route(request, app)
             return NOT_DONE_YET
         event_header = headers.getRawHeaders(EVENT_HEADER)
         event = event_header[0] if event_header else pool.manifest.http_event.encode()
@@ -339,6 +344,27 @@ class FrontResource(Resource):
             session.close()
             reply.watch(session)
         return NOT_DONE_YET
+
+    def _route(self, request: Request, app: str) -> None:
+        """An app this host does not run: to a host of the cluster that does, else 404."""
+        cluster = self.host.cluster
+        routed = request.requestHeaders.hasHeader(ROUTED_HEADER)
+        candidates = cluster.http_for(app) if cluster is not None and not routed else []
+        if not candidates:
+            _plain(request, 404, f"no such app: {app!r}")
+            return
+        body = request.content.read() if request.content is not None else b""
+        if len(body) > self.host.max_message_size:
+            _plain(request, 413, f"request body larger than {self.host.max_message_size} bytes")
+            return
+
+        def failed(why: str) -> None:
+            cluster.route_failures += 1
+            self.log.warn("cannot route a request for {app}: {why}", app=app, why=why)
+            _plain(request, 503, f"app {app!r}: {why}")
+
+        cluster.routed += 1
+        cluster.router.route(request, candidates, body, failed)
 
 
 class FrontChannel(HTTPChannel):

@@ -1,13 +1,15 @@
 """The Locator: resolves a service name to its endpoints, version and method graph.
 
 Every service of the host (the Locator itself, ``logging``, one per app) listens on its own
-TCP port; the Locator is the one well-known address (default port 10053).
+TCP port; the Locator is the one well-known address (default port 10053). In a cluster
+(``workerhost --cluster``) it also answers for the services of the other hosts
+(``remote``), its own coming first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -30,6 +32,17 @@ SERVICES = 16
 RELOAD = 17
 
 
+Resolved = tuple[list[list[Any]], int, dict]
+
+
+class RemoteServices(Protocol):
+    """Services published by other hosts (``txloom.worker.cluster.HostCluster``)."""
+
+    def resolve(self, name: str) -> Resolved | None: ...
+
+    def names(self) -> set[str]: ...
+
+
 @implementer(IService)
 class Locator:
     """The name service of one host."""
@@ -47,7 +60,22 @@ class Locator:
         #: The host's reload; raises ``ReloadError`` when it changes nothing.
         self.reload = reload
         #: name -> (endpoints, version, wire graph)
-        self.services: dict[str, tuple[list[list[Any]], int, dict]] = {}
+        self.services: dict[str, Resolved] = {}
+        #: Where names this host does not publish are looked up (None: not in a cluster).
+        self.remote: RemoteServices | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every register and unregister (the cluster republishes
+        the host's entry)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:
+                self.log.failure("locator change listener failed")
 
     def register(self, service: IService, endpoints: list[tuple[str, int]]) -> None:
         self.services[service.name] = (
@@ -61,12 +89,25 @@ class Locator:
             version=service.version,
             endpoints=", ".join(f"{h}:{p}" for h, p in endpoints),
         )
+        self._changed()
 
     def unregister(self, name: str) -> None:
-        self.services.pop(name, None)
+        if self.services.pop(name, None) is not None:
+            self._changed()
 
-    def resolve(self, name: str) -> tuple[list[list[Any]], int, dict] | None:
-        return self.services.get(name)
+    def resolve(self, name: str) -> Resolved | None:
+        """This host's service ``name``, else another host's, else None."""
+        found = self.services.get(name)
+        if found is None and self.remote is not None:
+            found = self.remote.resolve(name)
+        return found
+
+    def names(self) -> list[str]:
+        """Every service this Locator resolves, sorted."""
+        names = set(self.services)
+        if self.remote is not None:
+            names |= self.remote.names()
+        return sorted(names)
 
     def invoke(
         self,
@@ -76,7 +117,7 @@ class Locator:
         reply: IReplyChannel,
     ) -> None:
         if method == SERVICES:
-            reply.value(sorted(self.services))
+            reply.value(self.names())
             return
         if method == RELOAD:
             self._reload(reply)
@@ -84,7 +125,7 @@ class Locator:
         if len(args) != 1 or not isinstance(args[0], bytes):
             reply.error(errors.DISPATCH, errors.BAD_ARGUMENTS, "resolve takes [name]")
             return
-        found = self.services.get(args[0].decode("utf-8", "replace"))
+        found = self.resolve(args[0].decode("utf-8", "replace"))
         if found is None:
             reply.error(errors.LOCATOR, errors.SERVICE_NOT_AVAILABLE, "service is not available")
             return

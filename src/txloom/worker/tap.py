@@ -22,12 +22,15 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from txloom import extensions, systemd
+from txloom.cluster.connection import parse_servers
+from txloom.cluster.membership import MIN_TTL, valid_bucket, valid_key
 from txloom.config import PluginOptions
 from txloom.interfaces import IStreamServiceFactory, IWorkerLauncherFactory
 from txloom.shutdown import CleanExitOnSignal, StartFailed
 from txloom.status.options import status_option, valid_status_endpoint
 from txloom.status.site import StatusService
 from txloom.wire.cocaine import DEFAULT_MAX_MESSAGE_SIZE
+from txloom.worker.cluster import DEFAULT_BUCKET, DEFAULT_TTL, HostCluster
 from txloom.worker.connection import default_reactor
 from txloom.worker.host import (
     DEFAULT_LOCATOR_ENDPOINT,
@@ -124,7 +127,12 @@ class Options(PluginOptions):
             "Endpoint string for reverse-RPC agents over the stream transport, e.g. "
             "tcp:7300 (their functions are then callable through the Locator's rpc service).",
         ],
-        ["rpc-grpc", None, None, "Endpoint for reverse-RPC agents over gRPC, e.g. tcp:7301."],
+        [
+            "rpc-grpc",
+            None,
+            None,
+            "Endpoint for reverse-RPC agents over gRPC, e.g. tcp:7301:interface=127.0.0.1.",
+        ],
         ["rpc-token-file", None, None, "File holding the token reverse-RPC agents must send."],
         [
             "http-max-connections",
@@ -152,6 +160,35 @@ class Options(PluginOptions):
             str(DEFAULT_FD_RESERVE),
             "File descriptors HTTP connections never take, kept for the Locator, the "
             "services and logs (the workers' own are reserved on top).",
+        ],
+        [
+            "cluster",
+            None,
+            None,
+            "NATS servers of a cluster of worker hosts, e.g. nats://h1:4222,nats://h2:4222 "
+            "(JetStream on, nats-server 2.11 or later): the host publishes its apps there, "
+            "resolves and routes to the apps of the others (off unless given).",
+        ],
+        [
+            "cluster-ttl",
+            None,
+            f"{DEFAULT_TTL:g}",
+            "Seconds within which the cluster forgets a host that died (it refreshes its "
+            "entry every third of that).",
+        ],
+        [
+            "cluster-id",
+            None,
+            None,
+            "This host's name in the cluster. Default: HOSTNAME-LOCATORPORT.",
+        ],
+        ["cluster-bucket", None, DEFAULT_BUCKET, "JetStream KV bucket the hosts share."],
+        [
+            "cluster-replicas",
+            None,
+            "1",
+            "Copies JetStream keeps of the bucket when this host creates it (3 on a "
+            "three-node NATS cluster).",
         ],
         status_option(),
     ]
@@ -226,6 +263,7 @@ class Options(PluginOptions):
             self["http-head-timeout"], "--http-head-timeout", float, 0
         )
         self["fd-reserve"] = _number(self["fd-reserve"], "--fd-reserve", int, 0)
+        self._cluster()
         factory = extensions.choose(IWorkerLauncherFactory, self["launcher"], "--launcher")
         self["launcher-factory"] = factory
         self["launcher-options"] = extensions.parse_options(
@@ -238,6 +276,24 @@ class Options(PluginOptions):
                 serverFromString(default_reactor(), self[name])
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError(f"--{name}: bad endpoint {self[name]!r}: {e}") from None
+
+    def _cluster(self) -> None:
+        self["cluster-ttl"] = _number(self["cluster-ttl"], "--cluster-ttl", float, MIN_TTL)
+        self["cluster-replicas"] = _number(self["cluster-replicas"], "--cluster-replicas", int, 1)
+        if self["cluster-id"] is not None and not valid_key(self["cluster-id"]):
+            raise usage.UsageError(
+                f"--cluster-id {self['cluster-id']!r}: use letters, digits, '-', '_' and '='"
+            )
+        if not valid_bucket(self["cluster-bucket"]):
+            raise usage.UsageError(
+                f"--cluster-bucket {self['cluster-bucket']!r}: use letters, digits, '-' and '_'"
+            )
+        if self["cluster"] is None:
+            return
+        try:
+            self["cluster"] = parse_servers(self["cluster"])
+        except ValueError as e:
+            raise usage.UsageError(f"--cluster: {e}") from None
 
 
 def _number(value: str | None, option: str, kind: type, least: float) -> Any:
@@ -268,6 +324,16 @@ def makeService(options: Options) -> WorkerHost:
     """The worker host; stops cleanly (exit 0) on SIGTERM once started by twistd."""
     reactor = default_reactor()
     launcher = options["launcher-factory"].launcher(reactor, options["launcher-options"])
+    cluster = None
+    if options["cluster"]:
+        cluster = HostCluster(
+            options["cluster"],
+            ttl=options["cluster-ttl"],
+            bucket=options["cluster-bucket"],
+            host_id=options["cluster-id"],
+            replicas=options["cluster-replicas"],
+            reactor=reactor,
+        )
     host = CommandLineWorkerHost(
         options["apps"],
         options["runtime"],
@@ -284,6 +350,7 @@ def makeService(options: Options) -> WorkerHost:
         fd_reserve=options["fd-reserve"],
         reactor=reactor,
         launcher=launcher,
+        cluster=cluster,
     )
     if options["streams"]:
         from txloom.worker.stream_mount import StreamMount  # noqa: PLC0415 - only if asked

@@ -15,6 +15,7 @@ from support.rpc_grpc import RecordingDispatcher, RecordingRegistry
 from support.waiting import until
 from txloom.extensions import available, parse_options
 from txloom.interfaces import IRPCTransportFactory
+from txloom.rpc.grpc.address import parse_listen
 from txloom.wire.rpc import Request, Response
 
 
@@ -24,6 +25,9 @@ def test_the_grpc_factory_is_an_installed_extension() -> None:
     assert factory.schemes == ("grpc", "grpcs")
     options = parse_options(factory, ["listen=tcp:0", "hello-timeout=2"], "--rpc-grpc-option")
     assert options is not None and options["hello-timeout"] == 2.0
+    defaults = parse_options(factory, [], "--rpc-grpc-option")
+    assert defaults is not None
+    assert parse_listen(defaults["listen"]).address == "127.0.0.1:7301"  # loopback by default
     for bad in (["hello-timeout=0"], ["tls-cert=c.pem"], ["asyncio=sometimes"], ["nope=1"]):
         with pytest.raises(usage.UsageError):
             parse_options(factory, bad, "--rpc-grpc-option")

@@ -11,8 +11,8 @@ from google.rpc import status_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from txloom.rpc.errors import STATUS_NUMBERS
 from txloom.rpc.grpc.messages import (
-    CODE_NUMBERS,
     decode_client_message,
     decode_server_message,
     encode_client_message,
@@ -39,7 +39,7 @@ down = st.one_of(
 up = st.one_of(
     st.builds(Hello, st.text(), ids),
     st.builds(Response, ids, st.binary()),
-    st.builds(ErrorResponse, ids, st.sampled_from(sorted(CODE_NUMBERS)), st.text(), json_details),
+    st.builds(ErrorResponse, ids, st.sampled_from(sorted(STATUS_NUMBERS)), st.text(), json_details),
 )
 
 

@@ -19,8 +19,9 @@ from txloom.wire.rpc import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = ["DEFAULT_LISTEN", "GrpcOptions", "GrpcTransportFactory"]
 
-#: Where a controller listens when no ``listen`` option is given.
-DEFAULT_LISTEN = "tcp:7301"
+#: Where a controller listens when no ``listen`` option is given: loopback only, like every
+#: other default listener, so that agents on other hosts are let in by choice.
+DEFAULT_LISTEN = "tcp:7301:interface=127.0.0.1"
 
 
 class GrpcOptions(usage.Options):

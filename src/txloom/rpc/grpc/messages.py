@@ -7,8 +7,9 @@ the two wires disagree on is settled here:
 * A request's type name travels as ``Any.type_url`` (``type.googleapis.com/<name>``) and
   its payload as ``Any.value``; any URL prefix is accepted on the way in, as ``Any`` allows.
 * The timeout is a ``google.protobuf.Duration``; txloom counts whole milliseconds.
-* Errors are ``google.rpc.Status`` with gRPC's numeric codes (``CODE_NUMBERS``); a code
-  txloom does not name is read as the closest one (``_CODE_FALLBACK``), else ``internal``.
+* Errors are ``google.rpc.Status`` with gRPC's numeric codes (``STATUS_NUMBERS`` in
+  ``txloom.rpc.errors``); a code txloom does not name is read as the closest one
+  (``_CODE_FALLBACK``), else ``internal``.
 * An error's ``details`` travel as one ``Any`` holding a ``google.protobuf.Value`` (any
   JSON-shaped value); details of other types arriving from a peer are kept as
   ``{"type_url": ..., "value": bytes}`` maps.
@@ -26,6 +27,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
+from txloom.rpc.errors import STATUS_NUMBERS
 from txloom.rpc.grpc.proto.aperture.rpc.v1 import rpc_pb2
 from txloom.wire.errors import LocalProtocolError
 from txloom.wire.rpc import (
@@ -39,7 +41,6 @@ from txloom.wire.rpc import (
 
 __all__ = [
     "CODE_NAMES",
-    "CODE_NUMBERS",
     "METHOD",
     "SERVICE",
     "TOKEN_METADATA_KEY",
@@ -60,17 +61,8 @@ TYPE_URL_PREFIX = "type.googleapis.com/"
 #: Call metadata carrying an agent's token, as ``Bearer <token>`` (gRPC's usual header).
 TOKEN_METADATA_KEY = "authorization"
 
-#: txloom error code -> gRPC status code (the numbers of ``google.rpc.Code``).
-CODE_NUMBERS: dict[str, int] = {
-    "cancelled": 1,
-    "invalid_argument": 3,
-    "deadline_exceeded": 4,
-    "not_found": 5,
-    "internal": 13,
-    "unavailable": 14,
-    "unauthenticated": 16,
-}
-CODE_NAMES: dict[int, str] = {number: name for name, number in CODE_NUMBERS.items()}
+#: gRPC status code -> txloom error code (``STATUS_NUMBERS`` read backwards).
+CODE_NAMES: dict[int, str] = {number: name for name, number in STATUS_NUMBERS.items()}
 # gRPC codes txloom has no name for, read as the one a caller would act on the same way.
 _CODE_FALLBACK = {7: "unauthenticated", 8: "unavailable", 10: "unavailable"}
 
@@ -203,7 +195,7 @@ def _code_name(code: int) -> str:
 
 
 def _status(msg: ErrorResponse) -> status_pb2.Status:
-    status = status_pb2.Status(code=CODE_NUMBERS.get(msg.code, 13), message=msg.message)
+    status = status_pb2.Status(code=STATUS_NUMBERS.get(msg.code, 13), message=msg.message)
     if msg.details is not None:
         value = struct_pb2.Value()
         try:

@@ -24,9 +24,9 @@ import contextlib
 import json
 import re
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.errors import NoRespondersError
@@ -34,6 +34,8 @@ from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
 from txloom.aioloop import AsyncioRunner
+
+T = TypeVar("T")
 
 __all__ = [
     "CONSUMER_HEARTBEAT",
@@ -222,35 +224,44 @@ class JetStreamLink:
         self.js = self.nc.jetstream(timeout=s.ack_timeout)
         self._inbox = self.nc.new_inbox()
         self._subs.append(await self.nc.subscribe(f"{self._inbox}.*", cb=self._acknowledged))
-        last = await self._ensure_stream(
-            s.facts_stream, [f"{s.prefix}.facts.>"], max_per_subject=-1
+        deadline = asyncio.get_running_loop().time() + s.connect_timeout
+        last = await self._settled(
+            deadline,
+            lambda: self._ensure_stream(s.facts_stream, [f"{s.prefix}.facts.>"], -1),
         )
-        await self._ensure_stream(s.snapshots_stream, [f"{s.prefix}.snapshots.>"], 1)
-        commit_seq = await self._load_snapshot()
-        self._subs.append(
-            await self.js.subscribe(
+        await self._settled(
+            deadline,
+            lambda: self._ensure_stream(s.snapshots_stream, [f"{s.prefix}.snapshots.>"], 1),
+        )
+        commit_seq = await self._settled(deadline, self._load_snapshot)
+        facts = await self._settled(
+            deadline,
+            lambda: self.js.subscribe(
                 f"{s.prefix}.facts.>",
                 stream=s.facts_stream,
                 cb=self._fact,
                 ordered_consumer=True,
                 idle_heartbeat=CONSUMER_HEARTBEAT,
                 deliver_policy=api.DeliverPolicy.ALL,
-            )
+            ),
         )
+        self._subs.append(facts)
         start = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=(commit_seq or 0) + 1,
         )
-        self._subs.append(
-            await self.js.subscribe(
+        commits = await self._settled(
+            deadline,
+            lambda: self.js.subscribe(
                 s.commit_subject,
                 stream=s.snapshots_stream,
                 cb=self._commit,
                 ordered_consumer=True,
                 idle_heartbeat=CONSUMER_HEARTBEAT,
                 config=start,
-            )
+            ),
         )
+        self._subs.append(commits)
         return last, commit_seq
 
     async def _ensure_stream(self, name: str, subjects: list[str], max_per_subject: int) -> int:
@@ -262,22 +273,30 @@ class JetStreamLink:
             max_msgs_per_subject=max_per_subject,
             duplicate_window=120.0,
         )
+        try:
+            info = await self.js.add_stream(config)
+        except APIError as e:
+            if e.err_code != STREAM_EXISTS:
+                raise
+            info = await self.js.stream_info(name)  # created with another configuration
+        return info.state.last_seq
+
+    async def _settled(self, deadline: float, step: Callable[[], Awaitable[T]]) -> T:
+        """Run one start-up step, again and again until ``deadline``: a cluster that has
+        just started may have no metadata leader, not know its peers yet ("no suitable
+        peers for placement"), or not have elected a new stream's leader, and then its
+        API answers with an error or not at all for a few seconds."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.connect_timeout
         while True:
             try:
-                info = await self.js.add_stream(config)
-                return info.state.last_seq
-            except APIError as e:
-                if e.err_code == STREAM_EXISTS:  # created with another configuration
-                    info = await self.js.stream_info(name)
-                    return info.state.last_seq
-                # a cluster that has just started may have no leader, or not know its
-                # peers yet ("no suitable peers for placement"): try again a while
-                if loop.time() > deadline:
-                    raise
-            except nats.errors.TimeoutError:
-                if loop.time() > deadline:
+                return await step()
+            except (
+                APIError,
+                NoRespondersError,
+                nats.errors.TimeoutError,
+                asyncio.TimeoutError,
+            ) as e:
+                if isinstance(e, NotFoundError) or loop.time() > deadline:
                     raise
             await asyncio.sleep(0.2)
 
